@@ -1,0 +1,546 @@
+"""Typed, strict configuration: YAML in, a frozen ``Config`` out.
+
+Every key is declared here; an unknown key at any depth, a wrong type, a value out
+of range or two keys that exclude each other raise ``ConfigError`` with one line
+that names the dotted key, the value given, and what is allowed. This module does
+not import TensorFlow, so a bad config is reported in a fraction of a second.
+
+Example:
+    >>> from edgecomp import config
+    >>> cfg = config.load("configs/quickstart.yaml", ["train.epochs=3"])
+    >>> cfg.train.epochs
+    3
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from edgecomp.errors import ConfigError
+
+STAGE_NAMES = ("distill", "low_rank", "prune", "cluster", "quantize")
+TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
+# What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
+# (so the schema is complete) but rejected with a clear message until they exist.
+AVAILABLE_STAGES: tuple[str, ...] = ()
+AVAILABLE_TARGETS = ("cpu",)
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
+# Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
+# zoo name is reported without importing TensorFlow.
+ZOO_NAMES = ("digits_cnn", "mnist1d_cnn", "ds_cnn", "resnet8", "mobilenet_v2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is split."""
+
+    source: Literal["digits", "mnist1d", "npz", "image_dir", "synthetic"] = "digits"
+    path: Optional[str] = Field(None, description="npz file or image_dir folder")
+    image_size: Optional[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = Field(
+        None, description="image_dir and synthetic: [height, width]"
+    )
+    channels: Optional[Literal[1, 3]] = Field(None, description="image_dir and synthetic: 1 or 3")
+    num_classes: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="synthetic only")
+    samples: Optional[Annotated[int, Field(ge=20)]] = Field(None, description="synthetic only")
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0)
+    test_split: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share held out for testing where the source has no test split"
+    )
+    batch_size: int = Field(64, ge=1)
+    calibration_samples: int = Field(200, ge=1, description="representative dataset size")
+
+    @model_validator(mode="after")
+    def _check_source_keys(self):
+        if self.source in ("npz", "image_dir") and not self.path:
+            raise ValueError(f"path is required when source is {self.source!r}")
+        if self.source not in ("npz", "image_dir") and self.path:
+            raise ValueError(f"path is used only with source npz or image_dir, not {self.source!r}")
+        if self.image_size is not None and self.source not in ("image_dir", "synthetic"):
+            raise ValueError("image_size is used only with source image_dir or synthetic")
+        if self.source == "image_dir" and self.image_size is None:
+            raise ValueError("image_size is required when source is 'image_dir', e.g. [96, 96]")
+        for key in ("num_classes", "samples"):
+            if getattr(self, key) is not None and self.source != "synthetic":
+                raise ValueError(f"{key} is used only with source synthetic")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A model: exactly one of ``zoo``, ``path`` or ``builder``."""
+
+    zoo: Optional[str] = Field(None, description="built-in architecture, see edgecomp.zoo")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for zoo or builder")
+    path: Optional[str] = Field(None, description="tf_keras model file (.keras, .h5, SavedModel dir)")
+    builder: Optional[str] = Field(None, description="'package.module:function' returning a tf_keras model")
+    trust: bool = Field(False, description="allow loading model files with Lambda layers / custom code")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self):
+        given = [k for k in ("zoo", "path", "builder") if getattr(self, k)]
+        if len(given) != 1:
+            got = "none" if not given else " and ".join(given)
+            raise ValueError(f"give exactly one of zoo, path or builder (got {got})")
+        if self.zoo and self.zoo not in ZOO_NAMES:
+            raise ValueError(f"zoo {self.zoo!r} is not a built-in architecture; allowed: {', '.join(ZOO_NAMES)}")
+        if self.builder and ":" not in self.builder:
+            raise ValueError(f"builder must look like 'package.module:function', got {self.builder!r}")
+        if self.path and self.args:
+            raise ValueError("args apply to zoo or builder, not to a model path")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Baseline training; ``epochs: 0`` keeps the given weights."""
+
+    epochs: int = Field(20, ge=0)
+    learning_rate: float = Field(0.001, gt=0.0, le=10.0)
+    early_stopping_patience: int = Field(
+        5, ge=0, description="epochs without val_loss improvement before stopping; 0 disables"
+    )
+
+
+# ---- stages ----------------------------------------------------------------
+
+
+class DistillConfig(_Strict):
+    teacher: ModelSpec
+    teacher_epochs: int = Field(20, ge=0)
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    epochs: int = Field(20, ge=0)
+    learning_rate: float = Field(0.001, gt=0.0)
+
+
+class LowRankConfig(_Strict):
+    energy: Optional[float] = Field(None, gt=0.0, le=1.0)
+    rank_ratio: Optional[float] = Field(None, gt=0.0, le=1.0)
+    min_params: int = Field(4096, ge=0)
+    finetune_epochs: int = Field(5, ge=0)
+    learning_rate: float = Field(0.0005, gt=0.0)
+
+
+class PruneConfig(_Strict):
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    schedule: Literal["polynomial", "constant"] = "polynomial"
+    structure: Literal["unstructured", "2:4", "filters"] = "unstructured"
+    epochs: int = Field(10, ge=0)
+    learning_rate: float = Field(0.0005, gt=0.0)
+
+
+class ClusterConfig(_Strict):
+    clusters: int = Field(16, ge=2, le=256)
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(0.0001, gt=0.0)
+
+
+class QuantizeConfig(_Strict):
+    epochs: int = Field(3, ge=0)
+    learning_rate: float = Field(0.0001, gt=0.0)
+
+
+class DistillStage(_Strict):
+    distill: DistillConfig
+
+
+class LowRankStage(_Strict):
+    low_rank: LowRankConfig = LowRankConfig()
+
+
+class PruneStage(_Strict):
+    prune: PruneConfig = PruneConfig()
+
+
+class ClusterStage(_Strict):
+    cluster: ClusterConfig = ClusterConfig()
+
+
+class QuantizeStage(_Strict):
+    quantize: QuantizeConfig = QuantizeConfig()
+
+
+def _single_key(value: Any) -> Optional[str]:
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    if isinstance(value, dict) and len(value) == 1:
+        return str(next(iter(value)))
+    return None
+
+
+Stage = Annotated[
+    Union[
+        Annotated[DistillStage, Tag("distill")],
+        Annotated[LowRankStage, Tag("low_rank")],
+        Annotated[PruneStage, Tag("prune")],
+        Annotated[ClusterStage, Tag("cluster")],
+        Annotated[QuantizeStage, Tag("quantize")],
+    ],
+    Discriminator(
+        _single_key,
+        custom_error_type="stage_item",
+        custom_error_message="expected a map with exactly one key, one of: " + ", ".join(STAGE_NAMES),
+    ),
+]
+
+# ---- targets ---------------------------------------------------------------
+
+
+class _TargetBase(_Strict):
+    io: Literal["float32", "int8", "uint8", "int16"] = Field(
+        "float32", description="input/output type; quantized I/O needs the scale/zero-point in the report"
+    )
+
+
+class CpuTargetConfig(_TargetBase):
+    quantization: Literal["float32", "float16", "dynamic", "int8", "int16x8"] = "int8"
+
+    @model_validator(mode="after")
+    def _io_fits_quantization(self):
+        allowed = {"int8": ("float32", "int8", "uint8"), "int16x8": ("float32", "int16")}
+        ok = allowed.get(self.quantization, ("float32",))
+        if self.io not in ok:
+            raise ValueError(
+                f"io {self.io!r} does not fit quantization {self.quantization!r}; allowed: {', '.join(ok)}"
+            )
+        return self
+
+
+class GpuTargetConfig(_TargetBase):
+    quantization: Literal["float32", "float16", "int8"] = "float16"
+
+
+class EdgeTpuTargetConfig(_TargetBase):
+    pass
+
+
+class MicroTargetConfig(_TargetBase):
+    board: Optional[str] = "cortex_m4_256k"
+    flash_kb: Optional[int] = Field(None, ge=1)
+    ram_kb: Optional[int] = Field(None, ge=1)
+
+
+class CpuTarget(_Strict):
+    cpu: CpuTargetConfig = CpuTargetConfig()
+
+
+class GpuTarget(_Strict):
+    gpu: GpuTargetConfig = GpuTargetConfig()
+
+
+class EdgeTpuTarget(_Strict):
+    edgetpu: EdgeTpuTargetConfig = EdgeTpuTargetConfig()
+
+
+class MicroTarget(_Strict):
+    micro: MicroTargetConfig = MicroTargetConfig()
+
+
+Target = Annotated[
+    Union[
+        Annotated[CpuTarget, Tag("cpu")],
+        Annotated[GpuTarget, Tag("gpu")],
+        Annotated[EdgeTpuTarget, Tag("edgetpu")],
+        Annotated[MicroTarget, Tag("micro")],
+    ],
+    Discriminator(
+        _single_key,
+        custom_error_type="target_item",
+        custom_error_message="expected a map with exactly one key, one of: " + ", ".join(TARGET_NAMES),
+    ),
+]
+
+
+class BenchmarkConfig(_Strict):
+    devices: tuple[str, ...] = ("local",)
+    runs: int = Field(100, ge=1)
+    warmup: int = Field(10, ge=0)
+    threads: tuple[Annotated[int, Field(ge=1)], ...] = (1,)
+    timeout_s: float = Field(600.0, gt=0.0, description="per device and model")
+
+    @model_validator(mode="after")
+    def _devices_known(self):
+        for device in self.devices:
+            if device != "local":
+                raise ValueError(
+                    f"device {device!r} is not available in this version; allowed: local"
+                )
+        return self
+
+
+class Config(_Strict):
+    """The whole run configuration (DESIGN.md §4)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    seed: int = Field(0, ge=0)
+    output_dir: str = "models"
+    data: DataConfig = DataConfig()
+    model: ModelSpec = ModelSpec(zoo="digits_cnn")
+    train: TrainConfig = TrainConfig()
+    stages: tuple[Stage, ...] = ()
+    targets: tuple[Target, ...] = (CpuTarget(),)
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    @model_validator(mode="after")
+    def _only_available_parts(self):
+        for index, item in enumerate(self.stages):
+            kind = stage_kind(item)
+            if kind not in AVAILABLE_STAGES:
+                raise ValueError(
+                    f"stages[{index}].{kind}: this stage is not available in this version of edgecomp "
+                    f"(available: {', '.join(AVAILABLE_STAGES) or 'none yet'}); remove it from stages"
+                )
+        seen = set()
+        for index, item in enumerate(self.targets):
+            kind = stage_kind(item)
+            if kind not in AVAILABLE_TARGETS:
+                raise ValueError(
+                    f"targets[{index}].{kind}: this target is not available in this version of edgecomp "
+                    f"(available: {', '.join(AVAILABLE_TARGETS)})"
+                )
+            if kind in seen:
+                raise ValueError(f"targets[{index}].{kind}: each target may appear once")
+            seen.add(kind)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder this run writes to: ``<output_dir>/<name>``."""
+        return Path(self.output_dir) / self.name
+
+
+def stage_kind(item: BaseModel) -> str:
+    """The single key of a stage or target item, e.g. ``"prune"``."""
+    return next(iter(type(item).model_fields))
+
+
+def stage_params(item: BaseModel) -> BaseModel:
+    """The parameters of a stage or target item, e.g. its ``PruneConfig``."""
+    return getattr(item, stage_kind(item))
+
+
+# ---- loading ---------------------------------------------------------------
+
+
+def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config, applies ``key.path=value`` overrides, validates it.
+
+    Args:
+        path: the YAML file.
+        overrides: ``"a.b=value"`` strings; values are parsed as YAML, list items
+            are addressed by index (``stages.0.prune.sparsity=0.5``).
+
+    Returns:
+        The frozen, validated ``Config``.
+
+    Raises:
+        ConfigError: one line naming the file or key, the value and what is allowed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file to --config")
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; pass a YAML file to --config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty; start from configs/quickstart.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a map of keys (name, data, model, ...), got a {_kind(raw)}")
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    """Validates a plain dict (as read from YAML) into a ``Config``."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {format_validation_error(error)}") from None
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Applies one ``dotted.key=value`` override to the raw config dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.epochs=3")
+    key, _, text = override.partition("=")
+    key = key.strip().replace("[", ".").replace("]", "")
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {override!r}: the key is empty")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({str(error).splitlines()[0]})") from None
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"--set {key}: {where!r} must be a list index below {len(node)}, got {part!r}"
+                )
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a {_kind(node)}, not a map or list")
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """Turns pydantic's error into one line: dotted key, value, what is allowed."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    loc = _clean_loc(first["loc"])
+    dotted = _dotted(loc)
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        message = f"unknown key {dotted!r}" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+    elif kind == "missing":
+        message = f"{dotted}: required key is missing"
+    else:
+        text = first["msg"].replace("a valid tuple", "a list")
+        if text.startswith("Value error, "):
+            text = text[len("Value error, ") :]
+        message = f"{dotted}: {text}" if dotted else text
+        if kind not in ("value_error", "assertion_error") or not isinstance(value, (dict, list)):
+            if dotted:
+                message += f" (got {_short(value)})"
+    if len(errors) > 1:
+        message += f" [and {len(errors) - 1} more error(s)]"
+    return message
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # Tagged unions add the tag to the location: ('stages', 0, 'prune', 'prune', ...).
+    cleaned: list = []
+    for part in loc:
+        if cleaned and part == cleaned[-1] and isinstance(part, str):
+            continue
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    node: Any = Config
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(part, int):
+            args = typing.get_args(node)
+            node = args[0] if args else None
+            continue
+        if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+            continue
+        members = _union_members(node)
+        match = [m for m in members if part in m.model_fields]
+        if not match:
+            return []
+        node = match[0].model_fields[part].annotation
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(node: Any) -> Any:
+    while True:
+        origin = typing.get_origin(node)
+        if origin is Annotated:
+            node = typing.get_args(node)[0]
+        elif origin is Union:
+            args = [a for a in typing.get_args(node) if a is not type(None)]
+            if len(args) == 1:
+                node = args[0]
+            else:
+                return node
+        else:
+            return node
+
+
+def _union_members(node: Any) -> list:
+    if typing.get_origin(node) is not Union:
+        return []
+    return [m for m in (_unwrap(a) for a in typing.get_args(node)) if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", dict: "map", str: "string"}.get(type(value), type(value).__name__)
+
+
+# ---- writing ---------------------------------------------------------------
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain data, with every default filled in."""
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, as saved next to the run's outputs."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def json_schema() -> dict:
+    """JSON Schema of the config file, for editors (``configs/schema.json``)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgecomp config"
+    return schema
+
+
+def write_schema(path: str | Path) -> None:
+    """Writes ``json_schema()`` to ``path`` (keeps ``configs/schema.json`` current)."""
+    Path(path).write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Self-contained benchmark agent: runs one ``.tflite`` and prints one JSON line.
+
+Needs only numpy and a TFLite runtime (``ai_edge_litert``, else ``tflite_runtime``,
+else TensorFlow's ``tf.lite``); no edgecomp install. The local device runs it in a
+child process (a crashing model cannot take the caller down); remote devices copy
+this file next to the model and run it with the device's ``python3``.
+
+Usage:
+    python3 agent.py --model model.tflite [--runs 100] [--warmup 10] [--threads 1]
+                     [--no-xnnpack] [--inputs samples.npy]
+
+Output: a JSON object on the last line of stdout with latency statistics in ms,
+init and first-inference time, peak RSS, the delegate the runtime reported, the
+runtime name/version and a device description. Exit 3: no runtime; exit 4: the
+runtime cannot load the model.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+EXIT_NO_RUNTIME = 3
+EXIT_BAD_MODEL = 4
+
+
+def _load_runtime():
+    try:
+        import ai_edge_litert
+        from ai_edge_litert import interpreter as module
+
+        return module, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime
+        from tflite_runtime import interpreter as module
+
+        return module, "tflite_runtime", getattr(tflite_runtime, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        return tf.lite, "tf.lite", tf.__version__
+    except ImportError:
+        return None, None, None
+
+
+def _rss_mb():
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_rss_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _device():
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "model\t")):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+class _CaptureStderr:
+    """Captures what native code writes to file descriptor 2 (delegate messages)."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        return False
+
+
+def _make_interpreter(module, content, threads, xnnpack):
+    kwargs = {"model_content": content, "num_threads": threads}
+    if not xnnpack:
+        resolver = getattr(module, "OpResolverType", None) or getattr(
+            getattr(module, "experimental", None), "OpResolverType", None
+        )
+        if resolver is None:
+            raise RuntimeError("this runtime cannot turn XNNPACK off")
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = module.Interpreter(**kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _inputs(interpreter, path, rng):
+    details = interpreter.get_input_details()
+    samples = np.load(path, allow_pickle=False) if path else None
+    batches = []
+    for position, detail in enumerate(details):
+        shape = [int(d) for d in detail["shape"]]
+        dtype = np.dtype(detail["dtype"])
+        if samples is not None and position == 0:
+            data = samples.reshape((-1, *shape[1:]))[: max(1, shape[0])]
+            if dtype.kind in "iu":
+                scale, zero = detail["quantization"]
+                info = np.iinfo(dtype)
+                data = np.clip(np.round(data / (scale or 1.0) + zero), info.min, info.max)
+            batches.append(data.astype(dtype).reshape(shape))
+        elif dtype.kind == "f":
+            batches.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype == np.bool_:
+            batches.append(rng.integers(0, 2, shape).astype(dtype))
+        else:
+            info = np.iinfo(dtype)
+            batches.append(rng.integers(max(info.min, -128), min(info.max, 127) + 1, shape).astype(dtype))
+    return details, batches
+
+
+def _stats(latencies_ms):
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "max": float(values.max()),
+    }
+
+
+def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=0):
+    """Benchmarks ``model_path``; returns the result dict (see module docstring)."""
+    module, runtime_name, runtime_version = _load_runtime()
+    if module is None:
+        raise SystemExit(EXIT_NO_RUNTIME)
+    with open(model_path, "rb") as handle:
+        content = handle.read()
+    rss_before = _rss_mb()
+    with _CaptureStderr() as captured:
+        start = time.perf_counter()
+        interpreter = _make_interpreter(module, content, threads, xnnpack)
+        init_ms = (time.perf_counter() - start) * 1e3
+    log = captured.text
+    details, batches = _inputs(interpreter, inputs_path, np.random.default_rng(seed))
+    for detail, batch in zip(details, batches):
+        interpreter.set_tensor(detail["index"], batch)
+    start = time.perf_counter()
+    interpreter.invoke()
+    first_ms = (time.perf_counter() - start) * 1e3
+    for _ in range(warmup):
+        interpreter.invoke()
+    latencies = []
+    clock = time.perf_counter
+    invoke = interpreter.invoke
+    for _ in range(runs):
+        start = clock()
+        invoke()
+        latencies.append(clock() - start)
+    latencies_ms = [value * 1e3 for value in latencies]
+    delegate = "XNNPACK" if "XNNPACK delegate" in log else "none"
+    return {
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "latency_ms": _stats(latencies_ms),
+        "init_ms": init_ms,
+        "first_ms": first_ms,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_delta_mb": _peak_rss_mb() - rss_before,
+        "delegate": delegate,
+        "runtime": f"{runtime_name} {runtime_version}",
+        "device_info": _device(),
+        "latency_samples_ms": [round(v, 5) for v in latencies_ms],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-xnnpack", action="store_true")
+    parser.add_argument("--inputs", default=None, help=".npy samples to feed (first input)")
+    args = parser.parse_args(argv)
+    try:
+        result = run(args.model, args.runs, args.warmup, args.threads, not args.no_xnnpack, args.inputs)
+    except SystemExit as stop:
+        if stop.code == EXIT_NO_RUNTIME:
+            print("no TFLite runtime: pip install ai-edge-litert (64-bit) or tflite-runtime (armv7)", file=sys.stderr)
+        raise
+    except (ValueError, RuntimeError) as error:
+        print(f"cannot run {args.model}: {str(error).strip().splitlines()[0] if str(error).strip() else error}",
+              file=sys.stderr)
+        return EXIT_BAD_MODEL
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The run: baseline → stages → a reference and one file per target → verify → benchmark → report.
+
+Example:
+    >>> from edgecomp import config, pipeline
+    >>> report = pipeline.run(config.load("configs/quickstart.yaml"))   # doctest: +SKIP
+    >>> report.targets[0].metrics["accuracy"]                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import edgecomp
+from edgecomp import config as config_module
+from edgecomp import data, files, models, runtime, stages, training
+from edgecomp import report as report_module
+from edgecomp._keras import keras, tf
+from edgecomp.config import Config, stage_kind, stage_params
+from edgecomp.devices import open_device
+from edgecomp.errors import DeviceError, EdgecompError, ModelError
+from edgecomp.report import Report, StageRecord, TargetRecord
+from edgecomp.targets import convert as converter
+from edgecomp.targets import cpu
+
+log = logging.getLogger("edgecomp")
+VERIFIERS = {"cpu": cpu.verify}
+
+
+def run(cfg: Config, *, resume: bool = False) -> Report:
+    """Runs the whole pipeline for ``cfg`` and writes everything under ``cfg.run_dir``.
+
+    Args:
+        cfg: a validated config (``config.load``).
+        resume: reuse finished stage checkpoints whose config is unchanged.
+
+    Returns:
+        The report, also written as ``report.json`` and ``report.md``.
+
+    Raises:
+        EdgecompError: bad data, model, or an output folder that cannot be written.
+    """
+    started = time.time()
+    run_dir = _prepare_run_dir(cfg)
+    files.write_text(run_dir / "config.yaml", config_module.to_yaml(cfg))
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    dataset = data.load(cfg.data, cfg.seed)
+    log.info("data %s", dataset.summary())
+    calibration = data.representative_samples(dataset, cfg.data.calibration_samples, cfg.seed)
+    report = Report(name=cfg.name, edgecomp_version=edgecomp.__version__, runtime=runtime.runtime_name(),
+                    dataset={"source": cfg.data.source, "summary": dataset.summary()})
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg, resume)
+
+    model, record = checkpoints.load(0, "baseline")
+    if model is None:
+        model, record = _baseline(cfg, dataset, run_dir)
+        checkpoints.save(0, "baseline", model, record)
+    report.stages.append(record)
+
+    # The reference is converted from a deep copy before any stage touches the model:
+    # tfmot wraps layer objects in place (DESIGN.md §9).
+    reference_model = models.copy(model)
+    report.reference = _variant(cfg, "reference", reference_model, "float32", "float32", dataset, calibration, run_dir)
+    del reference_model
+
+    previous: list[str] = []
+    for index, item in enumerate(cfg.stages, start=1):
+        kind = stage_kind(item)
+        loaded, record = checkpoints.load(index, kind)
+        if loaded is None:
+            log.info("stage %d/%d: %s", index, len(cfg.stages), kind)
+            context = stages.StageContext(cfg, dataset, run_dir / "logs" / f"{index:02d}_{kind}", tuple(previous))
+            started_stage = time.time()
+            model, record = stages.STAGES[kind](models.copy(model), stage_params(item), context)
+            record.seconds = time.time() - started_stage
+            checkpoints.save(index, kind, model, record)
+        else:
+            model = loaded
+        report.stages.append(record)
+        previous.append(kind)
+
+    for item in cfg.targets:
+        params = stage_params(item)
+        report.targets.append(
+            _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration, run_dir)
+        )
+    report.seconds = time.time() - started
+    _write_report(report, run_dir)
+    return report
+
+
+def _prepare_run_dir(cfg: Config) -> Path:
+    run_dir = cfg.run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise EdgecompError(
+            f"output_dir: cannot write to {run_dir} ({error.strerror or error}); choose a writable output_dir"
+        ) from None
+    return run_dir
+
+
+def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
+    started = time.time()
+    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
+    log.info("baseline: %s, %s params, training %d epochs", model.name, f"{models.count_params(model):,}",
+             cfg.train.epochs)
+    training.fit(
+        model, dataset, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate,
+        batch_size=cfg.data.batch_size, log_dir=run_dir / "logs" / "00_baseline",
+        patience=cfg.train.early_stopping_patience,
+    )
+    accuracy = training.accuracy(model, dataset.x_test, dataset.y_test)
+    log.info("baseline Keras test accuracy %.4f", accuracy)
+    record = StageRecord(
+        stage="baseline", params=models.count_params(model), nonzero_params=models.count_nonzero_params(model),
+        metrics={"accuracy": accuracy}, seconds=time.time() - started,
+        details={"model": model.name, "epochs": cfg.train.epochs},
+    )
+    return model, record
+
+
+def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir) -> TargetRecord:
+    """Converts, writes, verifies, evaluates and benchmarks one file."""
+    relative = f"{target}/model.tflite"
+    log.info("%s: converting to %s (io %s)", target, quantization, io)
+    try:
+        content = converter.convert(model, quantization, io, calibration)
+    except ModelError as error:
+        log.error("%s: %s", target, error)
+        return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
+    path = files.write_bytes(run_dir / relative, content)
+    compatibility = VERIFIERS["cpu"](content, quantization, io)
+    if not compatibility["ok"]:
+        failed = [r for r in compatibility["details"].get("rules", []) if not r["ok"]]
+        log.error("%s: failed check %s", target, "; ".join(f"{r['rule']}: {r['detail']}" for r in failed))
+    metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
+    log.info("%s: %s bytes, accuracy %.4f (LiteRT, %d test samples)", target, f"{len(content):,}",
+             metrics["accuracy"], metrics["samples"])
+    record = TargetRecord(
+        target=target, quantization=quantization, path=relative, size_bytes=path.stat().st_size,
+        gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics=metrics,
+        compatibility=compatibility, io=runtime.io_details(content),
+    )
+    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
+    return record
+
+
+def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:
+    results = []
+    for spec in cfg.benchmark.devices:
+        device = open_device(spec)
+        for threads in cfg.benchmark.threads:
+            log.info("%s: benchmarking on %s, %d thread(s), %d runs", record.target, spec, threads, cfg.benchmark.runs)
+            try:
+                result = device.benchmark(path, runs=cfg.benchmark.runs, warmup=cfg.benchmark.warmup,
+                                          threads=threads, inputs=sample, timeout_s=cfg.benchmark.timeout_s)
+            except DeviceError as error:
+                log.error("%s: %s", record.target, error)
+                record.skipped.append({"layer": f"benchmark {spec}", "reason": str(error)})
+                continue
+            log.info("%s: p50 %.4f ms on %s (%s)", record.target, result["latency_ms"]["p50"], spec, result["delegate"])
+            results.append(result)
+    return results
+
+
+def _write_report(report: Report, run_dir: Path) -> None:
+    files.write_text(run_dir / "report.json", report.to_json())
+    files.write_text(run_dir / "report.md", report_module.render(report))
+    for path in report_module.plot(report, run_dir / "plots"):
+        log.info("plot %s", path)
+    log.info("report %s", run_dir / "report.md")
+
+
+class Checkpoints:
+    """One saved model per finished stage, reused by ``--resume`` when still valid.
+
+    A checkpoint is valid when its fingerprint (hash of seed, data, model, train and
+    the stages up to it) equals the current config's, so changing a later stage or a
+    target reuses the earlier work while changing anything upstream does not.
+    """
+
+    def __init__(self, folder: Path, cfg: Config, resume: bool):
+        self.folder = folder
+        self.config = config_module.to_dict(cfg)
+        self.resume = resume
+
+    def fingerprint(self, index: int) -> str:
+        upstream = {key: self.config[key] for key in ("seed", "data", "model", "train")}
+        upstream["stages"] = self.config["stages"][:index]
+        return hashlib.sha256(json.dumps(upstream, sort_keys=True).encode()).hexdigest()
+
+    def _dir(self, index: int, kind: str) -> Path:
+        return self.folder / f"{index:02d}_{kind}"
+
+    def load(self, index: int, kind: str):
+        """``(model, record)`` of a valid checkpoint when resuming, else ``(None, None)``."""
+        folder = self._dir(index, kind)
+        if not self.resume or not (folder / "record.json").exists():
+            return None, None
+        saved = json.loads((folder / "record.json").read_text())
+        if saved.get("fingerprint") != self.fingerprint(index):
+            log.info("resume: %s checkpoint is from a different config; running it again", folder.name)
+            return None, None
+        try:
+            model = keras.models.load_model(folder / "model.keras", compile=False, safe_mode=False)
+        except Exception as error:  # noqa: BLE001 - a checkpoint that will not load is re-made
+            log.warning("resume: cannot load %s (%s); running the stage again", folder.name, error)
+            return None, None
+        log.info("resume: reusing checkpoint %s", folder.name)
+        return model, StageRecord(**saved["record"])
+
+    def save(self, index: int, kind: str, model, record: StageRecord) -> None:
+        """Saves atomically: a temporary folder renamed into place when complete."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{index:02d}_{kind}.", dir=self.folder))
+        try:
+            model.save(temp / "model.keras")
+            payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
+            (temp / "record.json").write_text(json.dumps(payload, indent=2, default=float))
+            files.replace_dir(temp, self._dir(index, kind))
+        except OSError as error:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise EdgecompError(f"cannot write checkpoint {self._dir(index, kind)}: {error}") from None

@@ -1,0 +1,219 @@
+"""The run's report: what each stage did, what each target file measured.
+
+``Report.to_json()`` writes the keys of DESIGN.md §6; ``render()`` turns it into
+Markdown with one table (variant, size, gzip size, accuracy, latency p50 and ratios
+to the float32 reference); ``plot()`` draws accuracy against size, labelled with
+latency, and the latency of every variant. Everything a report says about a
+``.tflite`` was measured by running that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclasses.dataclass
+class StageRecord:
+    """What one stage did (``baseline`` is the first)."""
+
+    stage: str
+    params: int
+    nonzero_params: int
+    metrics: dict[str, float]
+    seconds: float
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TargetRecord:
+    """One converted file and what was measured by running it."""
+
+    target: str
+    quantization: str
+    path: str
+    size_bytes: int
+    gzip_bytes: int
+    metrics: dict[str, float]
+    compatibility: dict[str, Any]
+    benchmarks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    io: dict[str, Any] = dataclasses.field(default_factory=dict)
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Report:
+    """The whole run (``report.json``)."""
+
+    name: str
+    edgecomp_version: str
+    seconds: float = 0.0
+    stages: list[StageRecord] = dataclasses.field(default_factory=list)
+    reference: Optional[TargetRecord] = None
+    targets: list[TargetRecord] = dataclasses.field(default_factory=list)
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runtime: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain data with the keys of DESIGN.md §6 (plus ``dataset`` and ``runtime``)."""
+        data = dataclasses.asdict(self)
+        if data["reference"] is not None:
+            reference = data["reference"]
+            data["reference"] = {
+                key: reference[key]
+                for key in ("path", "size_bytes", "gzip_bytes", "metrics", "compatibility", "benchmarks", "io")
+            }
+        return data
+
+    def to_json(self) -> str:
+        """``report.json`` text."""
+        return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _p50(record: TargetRecord) -> Optional[float]:
+    if not record.benchmarks:
+        return None
+    return record.benchmarks[0]["latency_ms"]["p50"]
+
+
+def _ratio(value, reference) -> str:
+    if value is None or reference in (None, 0):
+        return "–"
+    return f"{value / reference:.3f}×"
+
+
+def _kb(size: int) -> str:
+    return f"{size / 1024:.1f} KB"
+
+
+def render(report: Report) -> str:
+    """The Markdown report: run summary, variants table, stages table, checks."""
+    lines = [f"# edgecomp report: {report.name}", ""]
+    if report.dataset:
+        lines.append(f"Data: {report.dataset.get('summary', '')}  ")
+    lines.append(f"edgecomp {report.edgecomp_version}, {report.runtime}, run time {report.seconds:.0f} s.")
+    lines.append("")
+    lines.append("Accuracy of every file was measured by running that `.tflite` on the test split; "
+                 "ratios are to the float32 reference measured in the same run.")
+    lines.append("")
+    reference = report.reference
+    ref_acc = reference.metrics.get("accuracy") if reference else None
+    ref_p50 = _p50(reference) if reference else None
+    lines.append("| variant | quantization | size | gzip | accuracy | Δ accuracy | p50 latency | size × | gzip × | latency × |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for record in ([reference] if reference else []) + report.targets:
+        label = "reference" if record is reference else record.target
+        accuracy = record.metrics.get("accuracy")
+        delta = "–" if record is reference or accuracy is None or ref_acc is None else f"{(accuracy - ref_acc) * 100:+.2f} pt"
+        p50 = _p50(record)
+        lines.append(
+            f"| {label} | {record.quantization} | {_kb(record.size_bytes)} | {_kb(record.gzip_bytes)} | "
+            f"{accuracy:.4f} | {delta} | {'–' if p50 is None else f'{p50:.4f} ms'} | "
+            f"{_ratio(record.size_bytes, reference.size_bytes if reference else None)} | "
+            f"{_ratio(record.gzip_bytes, reference.gzip_bytes if reference else None)} | "
+            f"{_ratio(p50, ref_p50)} |"
+        )
+    lines += ["", "## Stages", "", "| stage | params | non-zero | accuracy (Keras) | seconds | skipped |", "|---|---|---|---|---|---|"]
+    for stage in report.stages:
+        accuracy = stage.metrics.get("accuracy", float("nan"))
+        lines.append(
+            f"| {stage.stage} | {stage.params:,} | {stage.nonzero_params:,} | {accuracy:.4f} | "
+            f"{stage.seconds:.1f} | {len(stage.skipped)} |"
+        )
+    skipped = [(stage.stage, item) for stage in report.stages for item in stage.skipped]
+    if skipped:
+        lines += ["", "Skipped layers:", ""]
+        lines += [f"- {stage}: `{item['layer']}`: {item['reason']}" for stage, item in skipped]
+    lines += ["", "## Checks", ""]
+    for record in ([reference] if reference else []) + report.targets:
+        label = "reference" if record is reference else record.target
+        status = "pass" if record.compatibility.get("ok") else "FAIL"
+        lines.append(f"- **{label}** ({record.quantization}): {status}")
+        for rule in record.compatibility.get("details", {}).get("rules", []):
+            lines.append(f"  - {'ok' if rule['ok'] else 'FAILED'} `{rule['rule']}`: {rule['detail']}")
+        for item in record.skipped:
+            lines.append(f"  - skipped {item['layer']}: {item['reason']}")
+    lines += ["", "## Benchmarks", "", "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for record in ([reference] if reference else []) + report.targets:
+        label = "reference" if record is reference else record.target
+        for bench in record.benchmarks:
+            latency = bench["latency_ms"]
+            lines.append(
+                f"| {label} | {bench['device']} | {bench['threads']} | {bench['runs']} | {bench['delegate']} | "
+                f"{latency['mean']:.4f} | {latency['p50']:.4f} | {latency['p90']:.4f} | {latency['p99']:.4f} | "
+                f"{bench['init_ms']:.2f} | {bench['first_ms']:.3f} | {bench['peak_rss_mb']:.0f} MB |"
+            )
+    io_notes = [(r.target, r.io) for r in report.targets if any(d["dtype"] != "float32" for d in r.io.get("inputs", []))]
+    if io_notes:
+        lines += ["", "## Quantized inputs and outputs", "",
+                  "Feed `q = round(x / scale + zero_point)`; read `x = (q - zero_point) * scale`.", ""]
+        for target, io in io_notes:
+            for kind in ("inputs", "outputs"):
+                for d in io[kind]:
+                    lines.append(f"- {target} {kind[:-1]} `{d['name']}` {d['dtype']} {d['shape']}: "
+                                 f"scale {d['scale']:.8g}, zero_point {d['zero_point']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Report, folder: Path) -> list[Path]:
+    """Writes ``accuracy_vs_size.png`` and ``latency.png`` to ``folder``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = ([report.reference] if report.reference else []) + report.targets
+    labels = ["reference float32" if r is report.reference else f"{r.target} {r.quantization}" for r in records]
+    paths = []
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for record, label in zip(records, labels):
+        size_kb = record.size_bytes / 1024
+        accuracy = record.metrics.get("accuracy", math.nan)
+        axes.scatter(size_kb, accuracy, s=60)
+        p50 = _p50(record)
+        text = label + (f"\np50 {p50:.3f} ms" if p50 is not None else "")
+        axes.annotate(text, (size_kb, accuracy), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("file size (KB, log scale)")
+    axes.set_ylabel("accuracy (test split, measured from the .tflite)")
+    axes.set_title(f"{report.name}: accuracy vs size")
+    axes.grid(True, alpha=0.3)
+    axes.margins(x=0.3, y=0.15)
+    figure.tight_layout()
+    path = folder / "accuracy_vs_size.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    paths.append(path)
+
+    benchmarked = [(r, label) for r, label in zip(records, labels) if r.benchmarks]
+    if benchmarked:
+        figure, axes = plt.subplots(figsize=(6.4, 0.6 + 0.7 * len(benchmarked) * max(len(r.benchmarks) for r, _ in benchmarked)))
+        names, samples = [], []
+        for record, label in benchmarked:
+            for bench in record.benchmarks:
+                names.append(f"{label}\n{bench['device']}, {bench['threads']} thr")
+                samples.append(bench.get("latency_samples_ms") or [bench["latency_ms"]["p50"]])
+        axes.boxplot(samples, vert=False, showfliers=False)
+        axes.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+        axes.set_xlabel("latency per inference (ms)")
+        axes.set_title(f"{report.name}: latency distribution")
+        axes.grid(True, axis="x", alpha=0.3)
+        figure.tight_layout()
+        path = folder / "latency.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(path)
+    return paths

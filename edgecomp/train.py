@@ -1,0 +1,45 @@
+"""Train, compress, convert, verify, benchmark and report: ``python -m edgecomp.train``.
+
+Example:
+    python -m edgecomp.train --config configs/quickstart.yaml --set train.epochs=3
+"""
+
+import sys
+
+from absl import flags
+
+from edgecomp import cli, config
+
+flags.DEFINE_string("config", None, "YAML config file (see configs/ and configs/schema.json).")
+flags.DEFINE_multi_string("set", [], "Override a key: --set train.epochs=3 (values parsed as YAML).")
+flags.DEFINE_bool("resume", False, "Reuse finished stage checkpoints of an earlier run of this config.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise config.ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    if not FLAGS.config:
+        raise config.ConfigError("--config is required, e.g. --config configs/quickstart.yaml")
+    cfg = config.load(FLAGS.config, FLAGS.set)  # validated before TensorFlow is imported
+
+    from edgecomp import pipeline
+
+    report = pipeline.run(cfg, resume=FLAGS.resume)
+    failed = [t.target for t in [report.reference, *report.targets] if t and not t.compatibility.get("ok")]
+    print(f"wrote {cfg.run_dir / 'report.md'}")
+    for record in [report.reference, *report.targets]:
+        accuracy = record.metrics.get("accuracy")
+        p50 = record.benchmarks[0]["latency_ms"]["p50"] if record.benchmarks else None
+        print(f"  {record.target:10s} {record.quantization:8s} {record.size_bytes:>9,d} B  "
+              f"accuracy {accuracy if accuracy is None else round(accuracy, 4)}  "
+              f"p50 {'-' if p50 is None else f'{p50:.4f} ms'}")
+    if failed:
+        print(f"error: target(s) {', '.join(failed)} failed their checks; see {cfg.run_dir / 'report.md'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
