@@ -10,6 +10,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from edgecomp.errors import EdgecompError
 
@@ -32,7 +33,7 @@ def run_main(main) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
         logging.getLogger("edgecomp").setLevel(logging.INFO)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        logging.getLogger("absl").setLevel(logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.ERROR)  # TensorFlow's converter chatter
         try:
             return main(argv)
         except EdgecompError as error:

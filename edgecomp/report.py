@@ -172,6 +172,7 @@ def plot(report: Report, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker
 
     folder.mkdir(parents=True, exist_ok=True)
     records = ([report.reference] if report.reference else []) + report.targets
@@ -192,6 +193,10 @@ def plot(report: Report, folder: Path) -> list[Path]:
     axes.set_title(f"{report.name}: accuracy vs size")
     axes.grid(True, alpha=0.3)
     axes.margins(x=0.3, y=0.15)
+    bottom, top = axes.get_ylim()
+    axes.set_ylim(bottom, min(top, 1.01))
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     figure.tight_layout()
     path = folder / "accuracy_vs_size.png"
     figure.savefig(path, dpi=120)

@@ -55,11 +55,12 @@ def _load_runtime():
         return None, None, None
 
 
-def _rss_mb():
+def _status_mb(key):
+    """A memory figure from /proc/self/status (VmRSS, VmHWM) in MB, NaN elsewhere."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -67,8 +68,13 @@ def _rss_mb():
 
 
 def _peak_rss_mb():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+    # VmHWM is this process image's peak; ru_maxrss would include the parent's peak
+    # from before exec on Linux, so it is only the fallback where /proc is missing.
+    peak = _status_mb("VmHWM")
+    if peak == peak:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024.0 * 1024.0) if sys.platform == "darwin" else maxrss / 1024.0
 
 
 def _device():
@@ -168,7 +174,7 @@ def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=
         raise SystemExit(EXIT_NO_RUNTIME)
     with open(model_path, "rb") as handle:
         content = handle.read()
-    rss_before = _rss_mb()
+    rss_before = _status_mb("VmRSS")
     with _CaptureStderr() as captured:
         start = time.perf_counter()
         interpreter = _make_interpreter(module, content, threads, xnnpack)

@@ -7,7 +7,8 @@ Rules (each reported with ``ok`` and a detail):
 - ``io_type``: inputs and outputs have the configured ``io`` type.
 - ``quantization``: the tensors have the types the mode promises: int8 — every op
   but the boundary QUANTIZE/DEQUANTIZE computes on integers; int16x8 — activations
-  int16; dynamic — conv/dense weights int8 with float activations; float16 —
+  int16; dynamic — conv/dense weights of at least 1,024 elements int8 (the
+  converter leaves smaller ones float by design); float16 —
   conv/dense weights stored as float16; float32 — no quantized tensors.
 """
 
@@ -22,6 +23,7 @@ from edgecomp.errors import ModelError
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+DYNAMIC_MIN_ELEMENTS = 1024  # the converter's threshold for dynamic-range weights
 INTEGER_TYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
 
@@ -46,7 +48,7 @@ def verify(content: bytes, quantization: str, io: str = "float32") -> dict:
     io_types = sorted({d["dtype"] for d in io_info["inputs"] + io_info["outputs"]})
     rules.append(_rule("io_type", io_types == [io], f"inputs/outputs are {', '.join(io_types)}, expected {io}"))
 
-    ok, detail = _check_quantization(ops, dtype, quantization)
+    ok, detail = _check_quantization(ops, tensors, quantization)
     rules.append(_rule("quantization", ok, detail))
 
     return {
@@ -59,17 +61,19 @@ def verify(content: bytes, quantization: str, io: str = "float32") -> dict:
     }
 
 
-def _check_quantization(ops: list[dict], dtype: dict, quantization: str) -> tuple[bool, str]:
+def _check_quantization(ops: list[dict], tensors: list[dict], quantization: str) -> tuple[bool, str]:
+    dtype = {t["index"]: np.dtype(t["dtype"]).name for t in tensors}
     produced_by = {int(out): op for op in ops for out in op["outputs"]}
+    size = {t["index"]: int(np.prod(t["shape"])) for t in tensors}
     weights = []
     for op in ops:
         if op["op_name"] in WEIGHTED_OPS and len(op["inputs"]) > 1 and op["inputs"][1] >= 0:
             weight = int(op["inputs"][1])
             source = produced_by.get(weight)
             if source is not None and source["op_name"] == "DEQUANTIZE":
-                weights.append((op["op_name"], dtype[int(source["inputs"][0])]))
+                weights.append((size[weight], dtype[int(source["inputs"][0])]))
             else:
-                weights.append((op["op_name"], dtype[weight]))
+                weights.append((size[weight], dtype[weight]))
     weight_types = sorted({t for _, t in weights})
 
     if quantization == "int8":
@@ -89,7 +93,10 @@ def _check_quantization(ops: list[dict], dtype: dict, quantization: str) -> tupl
         ok = activations <= {"int16", "int32"} and bool(activations)
         return ok, f"activation types {sorted(activations)}; weights {weight_types}"
     if quantization == "dynamic":
-        ok = bool(weights) and any(t == "int8" for _, t in weights)
+        large = [t for n, t in weights if n >= DYNAMIC_MIN_ELEMENTS]
+        if not large:
+            return True, f"no weight tensor has {DYNAMIC_MIN_ELEMENTS} elements; the file stays float (as float32)"
+        ok = all(t == "int8" for t in large)
         return ok, f"weight types {weight_types}" + ("" if ok else " (expected int8 weights)")
     if quantization == "float16":
         ok = bool(weights) and all(t == "float16" for _, t in weights)

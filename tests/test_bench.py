@@ -1,0 +1,40 @@
+"""The local benchmark: a child process, sane statistics, the delegate read back."""
+
+import pytest
+
+from edgecomp.devices import LocalDevice, open_device
+from edgecomp.errors import DeviceError
+
+
+def test_local_benchmark_statistics_are_ordered(tmp_path, converted, tiny_dataset):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(converted("int8"))
+    result = LocalDevice().benchmark(path, runs=50, warmup=5, threads=1, inputs=tiny_dataset.x_test[:1])
+    latency = result["latency_ms"]
+    assert result["device"] == "local" and result["runs"] == 50
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert len(result["latency_samples_ms"]) == 50
+    assert result["init_ms"] > 0 and result["first_ms"] > 0
+    assert 0 < result["peak_rss_mb"] < 2000
+    assert result["delegate"] == "XNNPACK"
+    assert result["runtime"].startswith("ai_edge_litert")
+
+
+def test_xnnpack_off_is_reported_as_no_delegate(tmp_path, converted):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(converted("float32"))
+    result = LocalDevice(xnnpack=False).benchmark(path, runs=5, warmup=0)
+    assert result["delegate"] == "none"
+
+
+def test_model_the_runtime_cannot_load_is_a_device_error(tmp_path, converted):
+    path = tmp_path / "m.tflite"
+    content = converted("float32")
+    path.write_bytes(content[: len(content) // 3])
+    with pytest.raises(DeviceError, match="failed"):
+        LocalDevice().benchmark(path, runs=2, warmup=0)
+
+
+def test_unknown_device_spec_is_rejected():
+    with pytest.raises(DeviceError, match="not supported yet; allowed: local"):
+        open_device("adb://123")

@@ -1,0 +1,92 @@
+"""End to end: a tiny config runs, and the report agrees with the files on disk."""
+
+import gzip
+import json
+import logging
+import os
+
+import pytest
+
+from conftest import tflite_accuracy
+from edgecomp import config, data, pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = config.from_dict({
+        "name": "tiny",
+        "output_dir": str(out),
+        "data": {"source": "digits", "calibration_samples": 50},
+        "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
+        "train": {"epochs": 1},
+        "targets": [{"cpu": {"quantization": "int8"}}],
+        "benchmark": {"runs": 10, "warmup": 1},
+    })
+    report = pipeline.run(cfg)
+    return cfg, report
+
+
+def test_run_writes_the_documented_layout(tiny_run):
+    cfg, _ = tiny_run
+    run_dir = cfg.run_dir
+    for relative in ("config.yaml", "reference/model.tflite", "cpu/model.tflite", "report.json", "report.md",
+                     "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.keras"):
+        assert (run_dir / relative).is_file(), relative
+    assert config.load(run_dir / "config.yaml") == cfg
+
+
+def test_report_json_has_the_contract_keys(tiny_run):
+    cfg, _ = tiny_run
+    saved = json.loads((cfg.run_dir / "report.json").read_text())
+    assert {"name", "edgecomp_version", "seconds", "stages", "reference", "targets"} <= set(saved)
+    assert saved["stages"][0]["stage"] == "baseline"
+    assert {"stage", "params", "nonzero_params", "metrics", "seconds", "skipped"} <= set(saved["stages"][0])
+    assert {"path", "size_bytes", "gzip_bytes", "metrics"} <= set(saved["reference"])
+    target = saved["targets"][0]
+    assert {"target", "quantization", "path", "size_bytes", "gzip_bytes", "metrics", "compatibility",
+            "benchmarks"} <= set(target)
+    bench = target["benchmarks"][0]
+    assert {"device", "threads", "runs", "latency_ms", "init_ms", "first_ms", "peak_rss_mb", "delegate"} <= set(bench)
+    assert set(bench["latency_ms"]) == {"mean", "std", "min", "p50", "p90", "p99", "max"}
+
+
+def test_report_figures_match_the_files(tiny_run):
+    cfg, report = tiny_run
+    dataset = data.load(cfg.data, cfg.seed)
+    for record in [report.reference, *report.targets]:
+        path = cfg.run_dir / record.path
+        content = path.read_bytes()
+        assert record.size_bytes == os.path.getsize(path)
+        assert record.gzip_bytes == len(gzip.compress(content, compresslevel=9, mtime=0))
+        assert record.metrics["accuracy"] == pytest.approx(tflite_accuracy(path, dataset), abs=1e-9)
+        assert record.compatibility["ok"]
+
+
+def test_report_markdown_has_the_variant_table(tiny_run):
+    cfg, report = tiny_run
+    text = (cfg.run_dir / "report.md").read_text()
+    assert "| variant | quantization | size | gzip | accuracy |" in text
+    assert f"{report.targets[0].metrics['accuracy']:.4f}" in text
+    ratio = report.targets[0].size_bytes / report.reference.size_bytes
+    assert f"{ratio:.3f}×" in text
+
+
+def test_resume_reuses_the_baseline_and_gives_identical_files(tiny_run, caplog):
+    cfg, report = tiny_run
+    reference_before = (cfg.run_dir / "reference/model.tflite").read_bytes()
+    int8_before = (cfg.run_dir / "cpu/model.tflite").read_bytes()
+    with caplog.at_level(logging.INFO, logger="edgecomp"):
+        again = pipeline.run(cfg, resume=True)
+    assert "resume: reusing checkpoint 00_baseline" in caplog.text
+    assert again.stages[0].metrics == report.stages[0].metrics
+    assert (cfg.run_dir / "reference/model.tflite").read_bytes() == reference_before
+    assert (cfg.run_dir / "cpu/model.tflite").read_bytes() == int8_before
+
+
+def test_resume_after_an_upstream_change_trains_again(tiny_run, caplog):
+    cfg, _ = tiny_run
+    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 0.002})})
+    with caplog.at_level(logging.INFO, logger="edgecomp"):
+        pipeline.run(changed, resume=True)
+    assert "from a different config; running it again" in caplog.text
