@@ -36,7 +36,7 @@ STAGE_NAMES = ("distill", "low_rank", "prune", "cluster", "quantize")
 TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
-AVAILABLE_STAGES: tuple[str, ...] = ()
+AVAILABLE_STAGES: tuple[str, ...] = ("prune", "cluster", "quantize")
 AVAILABLE_TARGETS = ("cpu",)
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
@@ -140,8 +140,16 @@ class PruneConfig(_Strict):
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     schedule: Literal["polynomial", "constant"] = "polynomial"
     structure: Literal["unstructured", "2:4", "filters"] = "unstructured"
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(10, ge=1, description="fine-tuning epochs; pruning happens during them")
     learning_rate: float = Field(0.0005, gt=0.0)
+    ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
+
+    @model_validator(mode="after")
+    def _structure_available(self):
+        if self.structure == "filters":
+            raise ValueError("structure 'filters' (channel pruning) is not available in this version; "
+                             "allowed: unstructured, 2:4")
+        return self
 
 
 class ClusterConfig(_Strict):
@@ -305,6 +313,10 @@ class Config(_Strict):
                     f"stages[{index}].{kind}: this stage is not available in this version of edgecomp "
                     f"(available: {', '.join(AVAILABLE_STAGES) or 'none yet'}); remove it from stages"
                 )
+        kinds = [stage_kind(item) for item in self.stages]
+        if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
+            raise ValueError(f"stages[{kinds.index('quantize')}].quantize: quantization-aware training must be "
+                             "the last stage; move it after the others")
         seen = set()
         for index, item in enumerate(self.targets):
             kind = stage_kind(item)

@@ -33,6 +33,13 @@ from edgecomp.targets import cpu
 
 log = logging.getLogger("edgecomp")
 VERIFIERS = {"cpu": cpu.verify}
+# HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
+# (the .keras format loses the wrappers' variables: "expected 5 variables, received 3").
+CHECKPOINT_FILE = "model.h5"
+# tfmot's cluster/prune-preserving QAT wrappers do not reload from any format (their
+# quantizers are rebuilt with the default scheme: "Layer expects 4 weight(s),
+# received 7"); QAT is always the last stage, so --resume re-runs it from the stage before.
+UNCHECKPOINTED_STAGES = ("quantize",)
 
 
 def run(cfg: Config, *, resume: bool = False) -> Report:
@@ -63,6 +70,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
 
     model, record = checkpoints.load(0, "baseline")
     if model is None:
+        keras.utils.set_random_seed(cfg.seed)
         model, record = _baseline(cfg, dataset, run_dir)
         checkpoints.save(0, "baseline", model, record)
     report.stages.append(record)
@@ -81,18 +89,23 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             log.info("stage %d/%d: %s", index, len(cfg.stages), kind)
             context = stages.StageContext(cfg, dataset, run_dir / "logs" / f"{index:02d}_{kind}", tuple(previous))
             started_stage = time.time()
-            model, record = stages.STAGES[kind](models.copy(model), stage_params(item), context)
+            # Seeded per stage, so a resumed run trains each stage as an uninterrupted one does.
+            keras.utils.set_random_seed(cfg.seed + index)
+            model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
             record.seconds = time.time() - started_stage
-            checkpoints.save(index, kind, model, record)
+            if kind not in UNCHECKPOINTED_STAGES:
+                checkpoints.save(index, kind, model, record)
         else:
             model = loaded
         report.stages.append(record)
         previous.append(kind)
 
+    expect = _expectations(report.stages)
     for item in cfg.targets:
         params = stage_params(item)
         report.targets.append(
-            _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration, run_dir)
+            _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration, run_dir,
+                     expect)
         )
     report.seconds = time.time() - started
     _write_report(report, run_dir)
@@ -132,7 +145,18 @@ def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
     return model, record
 
 
-def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir) -> TargetRecord:
+def _expectations(records: list[StageRecord]) -> dict:
+    """What the files must show of earlier stages: sparsity of prune, cluster count of cluster."""
+    expect = {}
+    for record in records:
+        if record.stage == "prune" and record.details.get("sparsity"):
+            expect["sparsity"] = record.details["sparsity"]
+        if record.stage == "cluster":
+            expect["clusters"] = record.details["clusters"]
+    return expect
+
+
+def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir, expect=None) -> TargetRecord:
     """Converts, writes, verifies, evaluates and benchmarks one file."""
     relative = f"{target}/model.tflite"
     log.info("%s: converting to %s (io %s)", target, quantization, io)
@@ -142,7 +166,7 @@ def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
     path = files.write_bytes(run_dir / relative, content)
-    compatibility = VERIFIERS["cpu"](content, quantization, io)
+    compatibility = VERIFIERS["cpu"](content, quantization, io, expect if target != "reference" else None)
     if not compatibility["ok"]:
         failed = [r for r in compatibility["details"].get("rules", []) if not r["ok"]]
         log.error("%s: failed check %s", target, "; ".join(f"{r['rule']}: {r['detail']}" for r in failed))
@@ -215,7 +239,7 @@ class Checkpoints:
             log.info("resume: %s checkpoint is from a different config; running it again", folder.name)
             return None, None
         try:
-            model = keras.models.load_model(folder / "model.keras", compile=False, safe_mode=False)
+            model = keras.models.load_model(folder / CHECKPOINT_FILE, compile=False)
         except Exception as error:  # noqa: BLE001 - a checkpoint that will not load is re-made
             log.warning("resume: cannot load %s (%s); running the stage again", folder.name, error)
             return None, None
@@ -227,7 +251,7 @@ class Checkpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{index:02d}_{kind}.", dir=self.folder))
         try:
-            model.save(temp / "model.keras")
+            model.save(temp / CHECKPOINT_FILE)
             payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
             (temp / "record.json").write_text(json.dumps(payload, indent=2, default=float))
             files.replace_dir(temp, self._dir(index, kind))

@@ -36,3 +36,19 @@ def subclassed(input_shape, num_classes):
     model = Subclassed()
     model.build((None, *input_shape))
     return model
+
+
+def awkward(input_shape, num_classes, elu=False):
+    """What real models look like to tfmot: preprocessing, BN after an activation,
+    an activation QAT does not know, a nested model, and a softmax head."""
+    inner_in = keras.Input((input_shape[0], input_shape[1], 8))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(8, 1)(inner_in), name="nested")
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Rescaling(2.0, offset=-1.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = keras.layers.BatchNormalization(name="bn_after_relu")(x)
+    x = keras.layers.Activation("elu", name="elu")(x) if elu else keras.layers.LeakyReLU(name="leaky")(x)
+    x = inner(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="awkward")

@@ -31,7 +31,7 @@ def test_run_writes_the_documented_layout(tiny_run):
     cfg, _ = tiny_run
     run_dir = cfg.run_dir
     for relative in ("config.yaml", "reference/model.tflite", "cpu/model.tflite", "report.json", "report.md",
-                     "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.keras"):
+                     "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.h5"):
         assert (run_dir / relative).is_file(), relative
     assert config.load(run_dir / "config.yaml") == cfg
 

@@ -1,20 +1,28 @@
 """Compression stages: each ``apply(model, params, context) -> (new_model, StageRecord)``.
 
-A stage never mutates the model it is given (tfmot wraps layer objects in place,
-so stages work on a deep copy) and records what it did and what it skipped.
-``STAGES`` maps a config key to its ``apply``; ``config.AVAILABLE_STAGES`` lists
-the same keys so that the config can reject the others without importing TF.
+The pipeline hands every stage a deep copy (tfmot wraps layer objects in place)
+and keeps the stage's returned model; each stage records what it did and what it
+skipped. ``config.AVAILABLE_STAGES`` lists the keys ``apply`` accepts, so the
+config can reject the others without importing TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 
-from edgecomp.config import Config
+from edgecomp.config import AVAILABLE_STAGES, Config
 from edgecomp.data import Dataset
 
-STAGES: dict = {}
+
+
+def apply(kind: str, model, params, context: "StageContext"):
+    """Runs stage ``kind`` (``prune``, ``cluster``, ``quantize``); returns ``(model, StageRecord)``."""
+    if kind not in AVAILABLE_STAGES:
+        raise ValueError(f"unknown stage {kind!r}; available: {', '.join(AVAILABLE_STAGES)}")
+    module = importlib.import_module(f"edgecomp.stages.{kind}")
+    return module.apply(model, params, context)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,17 @@ DYNAMIC_MIN_ELEMENTS = 1024  # the converter's threshold for dynamic-range weigh
 INTEGER_TYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
 
-def verify(content: bytes, quantization: str, io: str = "float32") -> dict:
+def verify(content: bytes, quantization: str, io: str = "float32", expect: dict | None = None) -> dict:
     """Checks ``content`` against the cpu rules for ``quantization`` and ``io``.
+
+    Args:
+        content: the ``.tflite`` bytes.
+        quantization: the mode the file was converted with.
+        io: the input/output type asked for.
+        expect: what earlier stages promise about the weights, checked in the file:
+            ``{"sparsity": 0.8}`` (zero share of conv/dense weights, 1 point of slack)
+            and/or ``{"clusters": 16}`` (distinct values per output channel of each
+            clustered kernel; one more allowed for the zero of pruned weights).
 
     Returns:
         ``{"ok": bool, "details": {"rules": [...], "ops": {...}, "tensor_types": {...}}}``.
@@ -51,14 +60,68 @@ def verify(content: bytes, quantization: str, io: str = "float32") -> dict:
     ok, detail = _check_quantization(ops, tensors, quantization)
     rules.append(_rule("quantization", ok, detail))
 
+    weights = weight_statistics(content)
+    expect = expect or {}
+    if "sparsity" in expect:
+        achieved = weights["sparsity"]
+        rules.append(_rule("sparsity_preserved", achieved >= expect["sparsity"] - 0.01,
+                           f"{achieved:.4f} of conv/dense weights are zero in the file, expected ≥ {expect['sparsity']:.2f}"))
+    if "clusters" in expect:
+        allowed = expect["clusters"] + (1 if "sparsity" in expect else 0)
+        worst = max((w["max_unique_per_channel"] for w in weights["tensors"] if w["clustered"]), default=0)
+        rules.append(_rule("clusters_preserved", 0 < worst <= allowed,
+                           f"at most {worst} distinct values per output channel of clustered kernels, "
+                           f"expected ≤ {allowed}"))
+
     return {
         "ok": all(rule["ok"] for rule in rules),
         "details": {
             "rules": rules,
             "ops": dict(sorted(collections.Counter(op["op_name"] for op in ops).items())),
             "tensor_types": dict(sorted(collections.Counter(dtype.values()).items())),
+            "weights": weights,
         },
     }
+
+
+def weight_statistics(content: bytes, min_weights: int = 64) -> dict:
+    """Zero share and distinct values of the conv/dense weights stored in the file.
+
+    Returns:
+        ``{"sparsity": zero share over all weights, "tensors": [{"op", "shape", "dtype",
+        "sparsity", "unique_values", "max_unique_per_channel", "clustered"}]}``;
+        ``clustered`` marks kernels of at least ``min_weights`` weights (smaller ones
+        are never clustered).
+    """
+    interpreter = runtime.make_interpreter(content, delegates=False)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    produced_by = {int(out): op for op in interpreter._get_ops_details() for out in op["outputs"]}  # noqa: SLF001
+    tensors, zeros, total = [], 0, 0
+    for op in interpreter._get_ops_details():  # noqa: SLF001
+        if op["op_name"] not in WEIGHTED_OPS or len(op["inputs"]) < 2:
+            continue
+        index = int(op["inputs"][1])
+        source = produced_by.get(index)
+        if source is not None and source["op_name"] == "DEQUANTIZE":
+            index = int(source["inputs"][0])
+        try:
+            values = interpreter.get_tensor(index)
+        except ValueError:
+            continue  # not a constant: computed at run time
+        axis = int(details[index]["quantization_parameters"]["quantized_dimension"])
+        channels = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1) if values.ndim else values.reshape(1, -1)
+        zeros += int(np.count_nonzero(values == 0))
+        total += int(values.size)
+        tensors.append({
+            "op": op["op_name"],
+            "shape": [int(d) for d in values.shape],
+            "dtype": values.dtype.name,
+            "sparsity": float(np.mean(values == 0)),
+            "unique_values": int(np.unique(values).size),
+            "max_unique_per_channel": int(max(np.unique(row).size for row in channels)),
+            "clustered": bool(values.size >= min_weights),
+        })
+    return {"sparsity": zeros / total if total else 0.0, "tensors": tensors}
 
 
 def _check_quantization(ops: list[dict], tensors: list[dict], quantization: str) -> tuple[bool, str]:

@@ -1,0 +1,68 @@
+"""``cluster``: weight clustering with tfmot (k-means++ init), fine-tuned, then stripped.
+
+Each clusterable kernel ends with at most ``clusters`` distinct values (plus zero
+when a ``prune`` stage ran before: sparsity is preserved then, so pruned weights
+stay zero). Kernels with fewer weights than clusters are left as they are.
+
+Example:
+    >>> new_model, record = cluster.apply(model, config.ClusterConfig(clusters=16), context)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.clustering.keras import clustering_registry
+
+from edgecomp._keras import keras
+from edgecomp.config import ClusterConfig
+from edgecomp.stages import common
+
+clustering_api = tfmot.clustering.keras
+
+
+def _clusterable(layer, clusters: int) -> str | None:
+    """None when ``layer`` can be clustered, else the reason it cannot ("" = nothing to report)."""
+    if isinstance(layer, keras.Model):
+        return common.NESTED_MODEL
+    kernels = common.kernel_weights(layer)
+    if not kernels:
+        return ""
+    if not (isinstance(layer, clustering_api.ClusterableLayer)
+            or clustering_registry.ClusteringRegistry.supports(layer)):
+        return common.NOT_SUPPORTED
+    if min(k.size for k in kernels) < clusters:
+        return common.TOO_SMALL
+    return None
+
+
+def apply(model, params: ClusterConfig, context):
+    """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
+    preserve_sparsity = "prune" in context.previous
+    skipped, clustered = [], []
+
+    def wrap(layer):
+        reason = _clusterable(layer, params.clusters)
+        if reason is None:
+            clustered.append(layer.name)
+            return clustering_api.cluster_weights(
+                layer,
+                number_of_clusters=params.clusters,
+                cluster_centroids_init=clustering_api.CentroidInitialization.KMEANS_PLUS_PLUS,
+                preserve_sparsity=preserve_sparsity,
+            )
+        if reason:
+            skipped.append({"layer": layer.name, "reason": reason})
+        return layer
+
+    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    common.finetune(wrapped, context, params.epochs, params.learning_rate)
+    stripped = clustering_api.strip_clustering(wrapped)
+    statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in clustered}
+    details = {
+        "clusters": params.clusters,
+        "preserve_sparsity": preserve_sparsity,
+        "max_unique_values": max((s["unique_values"] for s in statistics.values()), default=0),
+        "achieved_sparsity": common.total_sparsity(statistics),
+        "layers": statistics,
+    }
+    return stripped, common.record("cluster", stripped, context, skipped, details)

@@ -1,0 +1,81 @@
+"""What the tfmot stages share: fine-tuning without early stopping, weight statistics, records.
+
+Early stopping is off while a stage fine-tunes: restoring "best" weights from an
+earlier epoch would undo pruning or clustering that the schedule applied later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecomp import models, training
+from edgecomp.report import StageRecord
+
+# Reasons a layer is left as it is; named so reports and tests can rely on them.
+NOT_SUPPORTED = "layer type not supported by tfmot for this technique"
+NESTED_MODEL = "nested model: its layers are left as they are; build the model flat to compress them"
+TOO_SMALL = "kernel has fewer weights than clusters"
+BN_NOT_AFTER_CONV = "BatchNormalization not directly after a Conv: not folded; only its output range is learned"
+UNKNOWN_ACTIVATION = "activation not supported by tfmot QAT: only the output range is learned"
+PREPROCESSING = "preprocessing layer: only the output range is learned"
+OUTPUT_ONLY = "not in tfmot's QAT registry: only the output range is learned, weights quantized at conversion"
+
+
+def kernel_weights(layer) -> list[np.ndarray]:
+    """The layer's kernels (``kernel``, ``depthwise_kernel``, ...), not biases or BN statistics."""
+    return [
+        weight.numpy()
+        for weight in layer.weights
+        if "kernel" in weight.name.split("/")[-1] and weight.trainable
+    ]
+
+
+def layer_statistics(model) -> dict[str, dict]:
+    """Per layer with a kernel: weights, zero share and distinct values of its kernels."""
+    statistics = {}
+    for layer in model.layers:
+        kernels = kernel_weights(layer)
+        if not kernels:
+            continue
+        values = np.concatenate([k.reshape(-1) for k in kernels])
+        statistics[layer.name] = {
+            "weights": int(values.size),
+            "sparsity": float(np.mean(values == 0.0)),
+            "unique_values": int(np.unique(values).size),
+        }
+    return statistics
+
+
+def total_sparsity(statistics: dict[str, dict]) -> float:
+    """Zero share over all kernels listed in ``statistics``."""
+    weights = sum(s["weights"] for s in statistics.values())
+    zeros = sum(s["weights"] * s["sparsity"] for s in statistics.values())
+    return float(zeros / weights) if weights else 0.0
+
+
+def finetune(model, context, epochs: int, learning_rate: float, callbacks=(), name: str = "stage"):
+    """Fits ``model`` for ``epochs`` on the run's data, with ``callbacks``, no early stopping."""
+    return training.fit(
+        model, context.dataset, epochs=epochs, learning_rate=learning_rate,
+        batch_size=context.config.data.batch_size, log_dir=context.log_dir, patience=0,
+        callbacks=list(callbacks),
+    )
+
+
+def steps_per_epoch(context) -> int:
+    """Optimizer steps in one epoch over the train split."""
+    batch = context.config.data.batch_size
+    return max(1, -(-len(context.dataset.x_train) // batch))
+
+
+def record(stage: str, model, context, skipped: list[dict], details: dict) -> StageRecord:
+    """A StageRecord with params, non-zero params and test accuracy of ``model``."""
+    return StageRecord(
+        stage=stage,
+        params=models.count_params(model),
+        nonzero_params=models.count_nonzero_params(model),
+        metrics={"accuracy": training.accuracy(model, context.dataset.x_test, context.dataset.y_test)},
+        seconds=0.0,
+        skipped=skipped,
+        details=details,
+    )

@@ -1,0 +1,97 @@
+"""``prune``: magnitude pruning with tfmot, fine-tuned, then stripped.
+
+``structure: unstructured`` zeroes the smallest weights of each prunable layer up to
+``sparsity``; ``structure: 2:4`` keeps the 2 largest of every 4 consecutive input
+weights (tfmot's m-by-n sparsity; ``sparsity`` is then 0.5 by construction).
+``schedule: polynomial`` ramps from 0 to ``sparsity`` over the first
+``ramp_share`` of the fine-tuning steps (default 0.75, so the last quarter trains
+at full sparsity); ``constant`` prunes to ``sparsity`` from the first step.
+
+Example:
+    >>> new_model, record = prune.apply(model, config.PruneConfig(sparsity=0.8, epochs=4), context)  # doctest: +SKIP
+    >>> record.details["sparsity"]                                                                  # doctest: +SKIP
+    0.8
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+
+from edgecomp._keras import keras
+from edgecomp.config import PruneConfig
+from edgecomp.errors import ConfigError
+from edgecomp.stages import common
+
+sparsity_api = tfmot.sparsity.keras
+M_BY_N_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
+
+
+def _prunable(layer, structure: str) -> str | None:
+    """None when ``layer`` can be pruned with ``structure``, else the reason it cannot."""
+    if isinstance(layer, keras.Model):
+        return common.NESTED_MODEL
+    if not common.kernel_weights(layer):
+        return ""  # nothing to prune; not worth reporting
+    if structure == "2:4":
+        if type(layer) not in M_BY_N_LAYERS:
+            return "2:4 sparsity applies to Conv2D and Dense kernels only"
+        inputs = common.kernel_weights(layer)[0].shape[-2]
+        if inputs % 4:
+            return f"2:4 sparsity needs input channels in multiples of 4, this kernel has {inputs}"
+        return None
+    if isinstance(layer, sparsity_api.PrunableLayer) or prune_registry.PruneRegistry.supports(layer):
+        return None
+    return common.NOT_SUPPORTED
+
+
+def _schedule(params: PruneConfig, total_steps: int):
+    frequency = max(1, min(100, total_steps // 20 or 1))
+    if params.schedule == "constant":
+        return sparsity_api.ConstantSparsity(params.sparsity, begin_step=0, frequency=frequency)
+    end_step = max(1, int(total_steps * params.ramp_share))
+    return sparsity_api.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=params.sparsity, begin_step=0, end_step=end_step, frequency=frequency
+    )
+
+
+def apply(model, params: PruneConfig, context):
+    """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
+
+    Raises:
+        ConfigError: ``structure: filters``, which needs model surgery (not yet available).
+    """
+    if params.structure == "filters":
+        raise ConfigError("prune.structure: 'filters' (channel pruning) is not available yet; "
+                          "use unstructured or 2:4")
+    if params.sparsity == 0.0 and params.structure == "unstructured":
+        details = {"sparsity": 0.0, "note": "sparsity 0: model returned unchanged", "layers": {}}
+        return model, common.record("prune", model, context, [], details)
+
+    total_steps = params.epochs * common.steps_per_epoch(context)
+    schedule = _schedule(params, total_steps)
+    skipped, pruned = [], []
+
+    def wrap(layer):
+        reason = _prunable(layer, params.structure)
+        if reason is None:
+            pruned.append(layer.name)
+            extra = {"sparsity_m_by_n": (2, 4)} if params.structure == "2:4" else {}
+            return sparsity_api.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
+        if reason:
+            skipped.append({"layer": layer.name, "reason": reason})
+        return layer
+
+    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    common.finetune(wrapped, context, params.epochs, params.learning_rate,
+                    callbacks=[sparsity_api.UpdatePruningStep()])
+    stripped = sparsity_api.strip_pruning(wrapped)
+    statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in pruned}
+    details = {
+        "sparsity": params.sparsity if params.structure == "unstructured" else 0.5,
+        "structure": params.structure,
+        "schedule": params.schedule,
+        "achieved_sparsity": common.total_sparsity(statistics),
+        "layers": statistics,
+    }
+    return stripped, common.record("prune", stripped, context, skipped, details)

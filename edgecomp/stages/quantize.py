@@ -1,0 +1,186 @@
+"""``quantize``: quantization-aware training with tfmot, keeping earlier compression.
+
+The scheme is chosen from the stages that ran before:
+
+=================== ==============================================================
+before              scheme
+=================== ==============================================================
+nothing             ``Default8BitQuantizeScheme``
+prune               ``Default8BitPrunePreserveQuantizeScheme`` (PQAT)
+cluster             ``Default8BitClusterPreserveQuantizeScheme()`` (CQAT)
+prune and cluster   ``Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)`` (PCQAT)
+=================== ==============================================================
+
+Layers are annotated one by one, so a layer tfmot cannot handle does not fail the
+whole model. Layers outside tfmot's registry (a BatchNormalization that does not
+directly follow a linear Conv, which tfmot cannot fold; activations tfmot does not
+know; preprocessing layers such as Rescaling; unknown layer types) are annotated
+with an output-only config: QAT learns their output range, so the converter can
+still make them integer, and the record lists each with its reason. Nested models
+cannot be annotated at all and are reported; the int8 verifier then says whether
+the converter still produced an all-integer file.
+
+The returned model keeps its quantize wrappers: the converter reads the learned
+ranges from them.
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_aware_activation
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+    default_8bit_quantize_scheme,
+)
+
+from edgecomp._keras import keras
+from edgecomp.config import QuantizeConfig
+from edgecomp.stages import common
+
+quantize_api = tfmot.quantization.keras
+combine = tfmot.experimental.combine
+_activations = quantize_aware_activation.QuantizeAwareActivation
+SUPPORTED_ACTIVATIONS = (
+    _activations._PRE_QUANT_ACTIVATIONS | _activations._POST_QUANT_ACTIVATIONS | {"linear", "relu6"}
+)
+FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+PREPROCESSING = tuple(
+    getattr(keras.layers, name)
+    for name in ("Rescaling", "Normalization", "Resizing", "CenterCrop", "RandomFlip", "RandomRotation")
+    if hasattr(keras.layers, name)
+)
+
+
+class OutputQuantizeConfig(quantize_api.QuantizeConfig):
+    """Learns the output range of a layer tfmot does not know; leaves its weights alone."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [quantize_api.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                               narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+class _ConsistentRegistry:
+    """A scheme's registry whose ``supports`` agrees with what it can configure.
+
+    tfmot 0.8.1's prune/cluster-preserving registries answer ``supports`` for layers
+    (e.g. ``Rescaling`` feeding an annotated Conv) whose config they then cannot
+    build, so ``quantize_apply`` raises "get_quantize_config() called on an
+    unsupported layer". Such layers are left float instead.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._default = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def supports(self, layer):
+        return self._inner.supports(layer) and self._default.supports(layer)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _Scheme(quantize_api.QuantizeScheme):
+    """Wraps a tfmot scheme with ``_ConsistentRegistry``."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def get_layout_transformer(self):
+        return self._inner.get_layout_transformer()
+
+    def get_quantize_registry(self):
+        return _ConsistentRegistry(self._inner.get_quantize_registry())
+
+
+def choose_scheme(previous: tuple[str, ...]):
+    """The tfmot scheme that keeps what earlier stages did; returns ``(scheme, name)``."""
+    pruned, clustered = "prune" in previous, "cluster" in previous
+    if pruned and clustered:
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True), "PCQAT"
+    if clustered:
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False), "CQAT"
+    if pruned:
+        return combine.Default8BitPrunePreserveQuantizeScheme(), "PQAT"
+    return default_8bit_quantize_scheme.Default8BitQuantizeScheme(), "QAT"
+
+
+def _activation_name(layer) -> str | None:
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    return getattr(activation, "__name__", None) or type(activation).__name__
+
+
+def _inbound_layers(layer) -> list:
+    nodes = getattr(layer, "inbound_nodes", None) or getattr(layer, "_inbound_nodes", [])
+    if not nodes:
+        return []
+    inbound = nodes[0].inbound_layers
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def _annotation_issue(layer, registry) -> str | None:
+    """None when tfmot's registry handles the layer, else why it gets an output-only config.
+
+    "" means: leave the layer alone silently (inputs); ``common.NESTED_MODEL`` means
+    it cannot be annotated at all.
+    """
+    if isinstance(layer, keras.layers.InputLayer):
+        return ""
+    if isinstance(layer, keras.Model):
+        return common.NESTED_MODEL
+    if PREPROCESSING and isinstance(layer, PREPROCESSING):
+        return common.PREPROCESSING
+    if isinstance(layer, keras.layers.BatchNormalization):
+        inbound = _inbound_layers(layer)
+        if not (len(inbound) == 1 and isinstance(inbound[0], FOLDABLE_CONVS)
+                and _activation_name(inbound[0]) == "linear"):
+            return common.BN_NOT_AFTER_CONV
+        return None  # not in the registry: tfmot's Conv→BN transform folds it
+    activation = _activation_name(layer)
+    if activation is not None and activation not in SUPPORTED_ACTIVATIONS:
+        return f"{common.UNKNOWN_ACTIVATION} ({activation})"
+    if not registry.supports(layer):
+        return f"{common.OUTPUT_ONLY} ({type(layer).__name__})"
+    return None
+
+
+def apply(model, params: QuantizeConfig, context):
+    """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
+    scheme, scheme_name = choose_scheme(context.previous)
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    skipped, annotated_names = [], []
+
+    def annotate(layer):
+        reason = _annotation_issue(layer, registry)
+        if reason is None:
+            annotated_names.append(layer.name)
+            return quantize_api.quantize_annotate_layer(layer)
+        if reason:
+            skipped.append({"layer": layer.name, "reason": reason})
+        if reason and reason != common.NESTED_MODEL:
+            return quantize_api.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
+        return layer
+
+    with quantize_api.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+    with quantize_api.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
+        quantized = quantize_api.quantize_apply(annotated, _Scheme(scheme))
+    common.finetune(quantized, context, params.epochs, params.learning_rate)
+    details = {"scheme": scheme_name, "annotated_layers": len(annotated_names)}
+    return quantized, common.record("quantize", quantized, context, skipped, details)

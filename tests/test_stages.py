@@ -1,0 +1,137 @@
+"""prune, cluster and quantize on tfmot: what each promises holds, odd models survive."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecomp import config, models, runtime, stages
+from edgecomp.errors import ConfigError
+from edgecomp.stages import common
+from edgecomp.stages.quantize import choose_scheme
+from edgecomp.targets import cpu
+from edgecomp.targets.convert import convert
+
+
+@pytest.fixture(scope="module")
+def context(tiny_dataset, tmp_path_factory):
+    cfg = config.from_dict({"data": {"batch_size": 32}})
+    return stages.StageContext(cfg, tiny_dataset, tmp_path_factory.mktemp("logs"))
+
+
+def kernels(model):
+    return {layer.name: k for layer in model.layers for k in common.kernel_weights(layer)}
+
+
+def test_prune_zero_sparsity_is_noop(tiny_model, context):
+    before = models.copy(tiny_model)
+    pruned, record = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.0, epochs=1),
+                                  context)
+    assert all(np.array_equal(a, b) for a, b in zip(before.get_weights(), pruned.get_weights()))
+    assert record.nonzero_params == record.params
+
+
+def test_prune_reaches_sparsity_within_one_point_per_layer(tiny_model, context):
+    pruned, record = stages.apply("prune", models.copy(tiny_model),
+                                  config.PruneConfig(sparsity=0.6, epochs=2, schedule="polynomial"), context)
+    assert record.details["layers"], "no layer was pruned"
+    for name, stats in record.details["layers"].items():
+        measured = float(np.mean(kernels(pruned)[name] == 0))
+        assert stats["sparsity"] == pytest.approx(measured)
+        assert abs(measured - 0.6) <= 0.01, name
+    assert record.nonzero_params < record.params
+    assert "prune" not in [type(layer).__name__ for layer in pruned.layers]  # stripped
+
+
+def test_prune_constant_schedule_also_reaches_sparsity(tiny_model, context):
+    _, record = stages.apply("prune", models.copy(tiny_model),
+                             config.PruneConfig(sparsity=0.5, epochs=1, schedule="constant"), context)
+    assert abs(record.details["achieved_sparsity"] - 0.5) <= 0.01
+
+
+def test_prune_2_4_pattern_holds_in_every_prunable_kernel(tiny_model, context):
+    pruned, record = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(structure="2:4", epochs=1),
+                                  context)
+    assert record.details["layers"]
+    for name in record.details["layers"]:
+        kernel = kernels(pruned)[name]
+        rows = np.moveaxis(kernel, -2, -1).reshape(-1, kernel.shape[-2])  # groups run along input channels
+        usable = rows[:, : rows.shape[1] // 4 * 4].reshape(rows.shape[0], -1, 4)
+        assert usable.size, name
+        assert (np.count_nonzero(usable, axis=-1) <= 2).all(), name
+
+
+def test_prune_does_not_touch_the_callers_model(tiny_model, context):
+    before = [w.copy() for w in tiny_model.get_weights()]
+    stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.7, epochs=1), context)
+    assert all(np.array_equal(a, b) for a, b in zip(before, tiny_model.get_weights()))
+
+
+def test_cluster_count_holds_after_strip(tiny_model, context):
+    clustered, record = stages.apply("cluster", models.copy(tiny_model), config.ClusterConfig(clusters=8, epochs=1),
+                                     context)
+    assert record.details["layers"]
+    for name in record.details["layers"]:
+        assert np.unique(kernels(clustered)[name]).size <= 8, name
+
+
+def test_cluster_after_prune_keeps_the_zeros(tiny_model, context):
+    pruned, _ = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.7, epochs=1), context)
+    after_prune = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
+    clustered, record = stages.apply("cluster", models.copy(pruned), config.ClusterConfig(clusters=8, epochs=1),
+                                     after_prune)
+    assert record.details["preserve_sparsity"]
+    assert record.details["achieved_sparsity"] >= 0.69
+
+
+@pytest.mark.parametrize("previous, name", [((), "QAT"), (("prune",), "PQAT"), (("cluster",), "CQAT"),
+                                            (("prune", "cluster"), "PCQAT")])
+def test_quantize_scheme_follows_earlier_stages(previous, name):
+    assert choose_scheme(previous)[1] == name
+
+
+def test_qat_model_converts_to_int8_that_runs_and_passes(tiny_model, tiny_dataset, context):
+    quantized, record = stages.apply("quantize", models.copy(tiny_model), config.QuantizeConfig(epochs=1), context)
+    assert record.details["scheme"] == "QAT" and not record.skipped
+    content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
+    assert cpu.verify(content, "int8")["ok"]
+    accuracy = runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)["accuracy"]
+    assert accuracy >= record.metrics["accuracy"] - 0.05
+
+
+def test_awkward_model_goes_through_prune_qat_int8_and_says_what_it_skipped(tiny_dataset, context):
+    model = models.build(config.ModelSpec(builder="tests.custom_models:awkward"), tiny_dataset.input_shape,
+                         tiny_dataset.num_classes)
+    pruned, prune_record = stages.apply("prune", models.copy(model), config.PruneConfig(sparsity=0.5, epochs=1),
+                                        context)
+    assert {"layer": "nested", "reason": common.NESTED_MODEL} in prune_record.skipped
+    after = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
+    quantized, record = stages.apply("quantize", models.copy(pruned), config.QuantizeConfig(epochs=1), after)
+    reasons = {item["layer"]: item["reason"] for item in record.skipped}
+    assert reasons["bn_after_relu"] == common.BN_NOT_AFTER_CONV
+    assert reasons["nested"] == common.NESTED_MODEL
+    assert common.PREPROCESSING in reasons.values(), reasons
+    content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
+    result = cpu.verify(content, "int8")
+    assert result["ok"], result["details"]["rules"]
+    runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)
+
+
+def test_activation_tflite_cannot_make_integer_is_caught_by_the_int8_verifier(tiny_dataset, context):
+    model = models.build(config.ModelSpec(builder="tests.custom_models:awkward", args={"elu": True}),
+                         tiny_dataset.input_shape, tiny_dataset.num_classes)
+    quantized, record = stages.apply("quantize", model, config.QuantizeConfig(epochs=1), context)
+    assert {item["layer"]: item["reason"] for item in record.skipped}["elu"].startswith(common.UNKNOWN_ACTIVATION)
+    result = cpu.verify(convert(quantized, "int8", calibration=tiny_dataset.x_train[:20]), "int8")
+    failed = [r for r in result["details"]["rules"] if not r["ok"]]
+    assert [r["rule"] for r in failed] == ["quantization"] and "ELU" in failed[0]["detail"]
+
+
+def test_quantize_must_be_the_last_stage():
+    with pytest.raises(ConfigError, match="must be the last stage"):
+        config.from_dict({"stages": [{"quantize": {}}, {"prune": {}}]})
+
+
+def test_filter_pruning_is_refused_until_it_exists():
+    with pytest.raises(ConfigError, match="structure 'filters' .* not available"):
+        config.from_dict({"stages": [{"prune": {"structure": "filters"}}]})
