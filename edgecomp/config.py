@@ -217,6 +217,12 @@ class _TargetBase(_Strict):
 
 class CpuTargetConfig(_TargetBase):
     quantization: Literal["float32", "float16", "dynamic", "int8", "int16x8"] = "int8"
+    max_accuracy_drop: float = Field(
+        1.0, ge=0.0, le=100.0, description="int8 without QAT: points of accuracy it may lose before the guard runs"
+    )
+    fallback: Literal["none", "float"] = Field(
+        "none", description="float: keep the worst layers float until the drop is within max_accuracy_drop"
+    )
 
     @model_validator(mode="after")
     def _io_fits_quantization(self):

@@ -103,10 +103,11 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     expect = _expectations(report.stages)
     for item in cfg.targets:
         params = stage_params(item)
-        report.targets.append(
-            _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration, run_dir,
-                     expect)
-        )
+        record = _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration,
+                          run_dir, expect)
+        if _needs_guard(params, record, report.reference, previous):
+            _guard(cfg, record, params, model, dataset, calibration, run_dir, report.reference, expect)
+        report.targets.append(record)
     report.seconds = time.time() - started
     _write_report(report, run_dir)
     return report
@@ -180,6 +181,44 @@ def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir
     )
     record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
     return record
+
+
+def _needs_guard(params, record: TargetRecord, reference: TargetRecord, previous: list[str]) -> bool:
+    """Post-training int8 (no QAT stage) that lost more accuracy than the target allows."""
+    if params.quantization != "int8" or "quantize" in previous or not record.metrics or not reference.metrics:
+        return False
+    drop = (reference.metrics["accuracy"] - record.metrics["accuracy"]) * 100
+    return drop > params.max_accuracy_drop
+
+
+def _guard(cfg, record, params, model, dataset, calibration, run_dir, reference, expect) -> None:
+    """Ranks layers by int8 error; with ``fallback: float`` rewrites the file with the worst kept float."""
+    from edgecomp.targets import accuracy_guard
+
+    fallback = params.fallback
+    if fallback == "float" and params.io != "float32":
+        log.warning("%s: fallback: float needs io: float32 (layers kept float cannot take %s input); "
+                    "ranking layers only", record.target, params.io)
+        fallback = "none"
+    result = accuracy_guard.guard(model, calibration, dataset.x_test, dataset.y_test,
+                                  reference.metrics["accuracy"], record.metrics["accuracy"],
+                                  params.max_accuracy_drop, fallback)
+    record.accuracy_guard = {key: result[key] for key in ("drop_points", "layers", "float_layers", "within_budget")}
+    record.accuracy_guard["budget_points"] = params.max_accuracy_drop
+    if result["content"] is None:
+        log.warning("%s: int8 loses %.2f points (budget %.2f); worst layer %s; set fallback: float to repair",
+                    record.target, result["drop_points"], params.max_accuracy_drop,
+                    result["layers"][0]["tensor"] if result["layers"] else "?")
+        return
+    content = result["content"]
+    path = files.write_bytes(run_dir / record.path, content)
+    record.size_bytes = path.stat().st_size
+    record.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))
+    record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=record.path)
+    record.compatibility = VERIFIERS["cpu"](content, params.quantization, params.io, expect,
+                                            float_fallback=len(result["float_layers"]))
+    record.io = runtime.io_details(content)
+    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
 
 
 def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:

@@ -43,6 +43,7 @@ class TargetRecord:
     benchmarks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     io: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    accuracy_guard: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -154,6 +155,21 @@ def render(report: Report) -> str:
                 f"{latency['mean']:.4f} | {latency['p50']:.4f} | {latency['p90']:.4f} | {latency['p99']:.4f} | "
                 f"{bench['init_ms']:.2f} | {bench['first_ms']:.3f} | {bench['peak_rss_mb']:.0f} MB |"
             )
+    guarded = [r for r in report.targets if r.accuracy_guard]
+    if guarded:
+        lines += ["", "## Accuracy guard (post-training int8)", ""]
+        for record in guarded:
+            guard = record.accuracy_guard
+            lines.append(f"- **{record.target}**: drop {guard['drop_points']:.2f} points after the guard "
+                         f"(budget {guard['budget_points']:.2f}); "
+                         + (f"{len(guard['float_layers'])} layer(s) kept float: "
+                            + ", ".join(f"`{name}`" for name in guard["float_layers"])
+                            if guard["float_layers"] else "no fallback (set fallback: float to repair)"))
+            lines.append("")
+            lines.append("  | layer output | op | RMSE / scale |")
+            lines.append("  |---|---|---|")
+            for row in guard["layers"]:
+                lines.append(f"  | `{row['tensor']}` | {row['op']} | {row['rmse_per_scale']:.3f} |")
     io_notes = [(r.target, r.io) for r in report.targets if any(d["dtype"] != "float32" for d in r.io.get("inputs", []))]
     if io_notes:
         lines += ["", "## Quantized inputs and outputs", "",
@@ -202,6 +218,20 @@ def plot(report: Report, folder: Path) -> list[Path]:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     paths.append(path)
+
+    for record in report.targets:
+        if record.accuracy_guard.get("layers"):
+            rows = record.accuracy_guard["layers"]
+            figure, axes = plt.subplots(figsize=(6.4, 0.8 + 0.35 * len(rows)))
+            axes.barh([row["tensor"][-40:] for row in rows][::-1], [row["rmse_per_scale"] for row in rows][::-1])
+            axes.set_xlabel("RMSE / scale of the layer output (quantization steps)")
+            axes.set_title(f"{report.name}: {record.target} int8 error per layer")
+            axes.tick_params(axis="y", labelsize=7)
+            figure.tight_layout()
+            path = folder / f"quantization_error_{record.target}.png"
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+            paths.append(path)
 
     benchmarked = [(r, label) for r, label in zip(records, labels) if r.benchmarks]
     if benchmarked:

@@ -35,9 +35,12 @@ def _clusterable(layer, clusters: int) -> str | None:
     return None
 
 
-def apply(model, params: ClusterConfig, context):
-    """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
-    preserve_sparsity = "prune" in context.previous
+def wrap_model(model, params: ClusterConfig, preserve_sparsity: bool):
+    """Wraps every clusterable layer in tfmot's clustering wrapper (k-means++ init).
+
+    Returns:
+        ``(wrapped model, names of wrapped layers, skipped [{"layer", "reason"}])``.
+    """
     skipped, clustered = [], []
 
     def wrap(layer):
@@ -54,7 +57,13 @@ def apply(model, params: ClusterConfig, context):
             skipped.append({"layer": layer.name, "reason": reason})
         return layer
 
-    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    return keras.models.clone_model(model, clone_function=wrap), clustered, skipped
+
+
+def apply(model, params: ClusterConfig, context):
+    """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
+    preserve_sparsity = "prune" in context.previous
+    wrapped, clustered, skipped = wrap_model(model, params, preserve_sparsity)
     common.finetune(wrapped, context, params.epochs, params.learning_rate)
     stripped = clustering_api.strip_clustering(wrapped)
     statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in clustered}

@@ -55,6 +55,28 @@ def _schedule(params: PruneConfig, total_steps: int):
     )
 
 
+def wrap_model(model, params: PruneConfig, total_steps: int):
+    """Wraps every prunable layer in tfmot's pruning wrapper.
+
+    Returns:
+        ``(wrapped model, names of wrapped layers, skipped [{"layer", "reason"}])``.
+    """
+    schedule = _schedule(params, total_steps)
+    skipped, pruned = [], []
+
+    def wrap(layer):
+        reason = _prunable(layer, params.structure)
+        if reason is None:
+            pruned.append(layer.name)
+            extra = {"sparsity_m_by_n": (2, 4)} if params.structure == "2:4" else {}
+            return sparsity_api.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
+        if reason:
+            skipped.append({"layer": layer.name, "reason": reason})
+        return layer
+
+    return keras.models.clone_model(model, clone_function=wrap), pruned, skipped
+
+
 def apply(model, params: PruneConfig, context):
     """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
 
@@ -69,20 +91,7 @@ def apply(model, params: PruneConfig, context):
         return model, common.record("prune", model, context, [], details)
 
     total_steps = params.epochs * common.steps_per_epoch(context)
-    schedule = _schedule(params, total_steps)
-    skipped, pruned = [], []
-
-    def wrap(layer):
-        reason = _prunable(layer, params.structure)
-        if reason is None:
-            pruned.append(layer.name)
-            extra = {"sparsity_m_by_n": (2, 4)} if params.structure == "2:4" else {}
-            return sparsity_api.prune_low_magnitude(layer, pruning_schedule=schedule, **extra)
-        if reason:
-            skipped.append({"layer": layer.name, "reason": reason})
-        return layer
-
-    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    wrapped, pruned, skipped = wrap_model(model, params, total_steps)
     common.finetune(wrapped, context, params.epochs, params.learning_rate,
                     callbacks=[sparsity_api.UpdatePruningStep()])
     stripped = sparsity_api.strip_pruning(wrapped)

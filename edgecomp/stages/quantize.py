@@ -160,9 +160,13 @@ def _annotation_issue(layer, registry) -> str | None:
     return None
 
 
-def apply(model, params: QuantizeConfig, context):
-    """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
-    scheme, scheme_name = choose_scheme(context.previous)
+def wrap_model(model, previous: tuple[str, ...] = ()):
+    """Annotates layer by layer and applies the scheme that keeps ``previous`` stages' work.
+
+    Returns:
+        ``(QAT model, scheme name, number of annotated layers, skipped [{"layer", "reason"}])``.
+    """
+    scheme, scheme_name = choose_scheme(previous)
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
     skipped, annotated_names = [], []
 
@@ -179,8 +183,13 @@ def apply(model, params: QuantizeConfig, context):
 
     with quantize_api.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
         annotated = keras.models.clone_model(model, clone_function=annotate)
-    with quantize_api.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
         quantized = quantize_api.quantize_apply(annotated, _Scheme(scheme))
+    return quantized, scheme_name, len(annotated_names), skipped
+
+
+def apply(model, params: QuantizeConfig, context):
+    """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
+    quantized, scheme_name, annotated, skipped = wrap_model(model, context.previous)
     common.finetune(quantized, context, params.epochs, params.learning_rate)
-    details = {"scheme": scheme_name, "annotated_layers": len(annotated_names)}
+    details = {"scheme": scheme_name, "annotated_layers": annotated}
     return quantized, common.record("quantize", quantized, context, skipped, details)

@@ -27,7 +27,8 @@ DYNAMIC_MIN_ELEMENTS = 1024  # the converter's threshold for dynamic-range weigh
 INTEGER_TYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
 
-def verify(content: bytes, quantization: str, io: str = "float32", expect: dict | None = None) -> dict:
+def verify(content: bytes, quantization: str, io: str = "float32", expect: dict | None = None,
+           float_fallback: int = 0) -> dict:
     """Checks ``content`` against the cpu rules for ``quantization`` and ``io``.
 
     Args:
@@ -38,6 +39,8 @@ def verify(content: bytes, quantization: str, io: str = "float32", expect: dict 
             ``{"sparsity": 0.8}`` (zero share of conv/dense weights, 1 point of slack)
             and/or ``{"clusters": 16}`` (distinct values per output channel of each
             clustered kernel; one more allowed for the zero of pruned weights).
+        float_fallback: int8 only: number of layers the accuracy guard kept float on
+            purpose; float ops are then allowed and listed.
 
     Returns:
         ``{"ok": bool, "details": {"rules": [...], "ops": {...}, "tensor_types": {...}}}``.
@@ -57,7 +60,7 @@ def verify(content: bytes, quantization: str, io: str = "float32", expect: dict 
     io_types = sorted({d["dtype"] for d in io_info["inputs"] + io_info["outputs"]})
     rules.append(_rule("io_type", io_types == [io], f"inputs/outputs are {', '.join(io_types)}, expected {io}"))
 
-    ok, detail = _check_quantization(ops, tensors, quantization)
+    ok, detail = _check_quantization(ops, tensors, quantization, float_fallback)
     rules.append(_rule("quantization", ok, detail))
 
     weights = weight_statistics(content)
@@ -124,7 +127,8 @@ def weight_statistics(content: bytes, min_weights: int = 64) -> dict:
     return {"sparsity": zeros / total if total else 0.0, "tensors": tensors}
 
 
-def _check_quantization(ops: list[dict], tensors: list[dict], quantization: str) -> tuple[bool, str]:
+def _check_quantization(ops: list[dict], tensors: list[dict], quantization: str,
+                        float_fallback: int = 0) -> tuple[bool, str]:
     dtype = {t["index"]: np.dtype(t["dtype"]).name for t in tensors}
     produced_by = {int(out): op for op in ops for out in op["outputs"]}
     size = {t["index"]: int(np.prod(t["shape"])) for t in tensors}
@@ -146,6 +150,9 @@ def _check_quantization(ops: list[dict], tensors: list[dict], quantization: str)
             if op["op_name"] not in BOUNDARY_OPS
             and any(dtype[int(t)] not in INTEGER_TYPES for t in list(op["inputs"]) + list(op["outputs"]) if t >= 0)
         ]
+        if float_ops and float_fallback:
+            return True, (f"{len(float_ops)} ops kept float by the accuracy guard ({float_fallback} layers): "
+                          f"{sorted(set(float_ops))}")
         if float_ops:
             return False, f"{len(float_ops)} ops compute in float: {sorted(set(float_ops))}"
         return True, f"all {len(ops)} ops integer; weights {weight_types or ['none']}"
