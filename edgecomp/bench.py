@@ -12,7 +12,8 @@ from edgecomp import cli, files
 from edgecomp.errors import ConfigError
 
 flags.DEFINE_string("model", None, "The .tflite file to run.")
-flags.DEFINE_string("device", "local", "local (ssh://user@host[:port] and adb://SERIAL are planned).")
+flags.DEFINE_string("device", "local", "local or ssh://user@host[:port][?python=/path/to/python3].")
+flags.DEFINE_multi_string("ssh_option", [], "Extra ssh/scp option, repeatable: --ssh_option=-i --ssh_option=~/.ssh/pi")
 flags.DEFINE_integer("runs", 100, "Timed invocations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 10, "Untimed invocations first.", lower_bound=0)
 flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
@@ -28,12 +29,14 @@ def main(argv):
     if not FLAGS.model:
         raise ConfigError("--model is required, e.g. --model models/quickstart/cpu/model.tflite")
     from edgecomp import runtime
-    from edgecomp.devices import local
+    from edgecomp.devices import LocalDevice, open_device
 
     runtime.read_model(FLAGS.model)  # a clear error for a missing or non-TFLite file
-    device = local.open_device(FLAGS.device)
+    device = open_device(FLAGS.device, ssh_options=FLAGS.ssh_option)
     if not FLAGS.xnnpack:
-        device = local.LocalDevice(xnnpack=False)
+        if FLAGS.device != "local":
+            raise ConfigError("--noxnnpack is supported on the local device only")
+        device = LocalDevice(xnnpack=False)
     result = device.benchmark(FLAGS.model, runs=FLAGS.runs, warmup=FLAGS.warmup, threads=FLAGS.threads,
                               timeout_s=FLAGS.timeout)
     latency = result["latency_ms"]

@@ -286,13 +286,14 @@ class BenchmarkConfig(_Strict):
     warmup: int = Field(10, ge=0)
     threads: tuple[Annotated[int, Field(ge=1)], ...] = (1,)
     timeout_s: float = Field(600.0, gt=0.0, description="per device and model")
+    ssh_options: tuple[str, ...] = Field((), description="extra ssh/scp options, e.g. ['-i', '~/.ssh/pi_key']")
 
     @model_validator(mode="after")
     def _devices_known(self):
         for device in self.devices:
-            if device != "local":
+            if device != "local" and not device.startswith("ssh://"):
                 raise ValueError(
-                    f"device {device!r} is not available in this version; allowed: local"
+                    f"device {device!r} is not available in this version; allowed: local, ssh://user@host[:port]"
                 )
         return self
 

@@ -224,7 +224,10 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, reference,
 def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:
     results = []
     for spec in cfg.benchmark.devices:
-        device = open_device(spec)
+        try:
+            device = open_device(spec, ssh_options=cfg.benchmark.ssh_options)
+        except DeviceError as error:
+            raise EdgecompError(f"benchmark.devices: {error}") from None
         for threads in cfg.benchmark.threads:
             log.info("%s: benchmarking on %s, %d thread(s), %d runs", record.target, spec, threads, cfg.benchmark.runs)
             try:

@@ -36,5 +36,5 @@ def test_model_the_runtime_cannot_load_is_a_device_error(tmp_path, converted):
 
 
 def test_unknown_device_spec_is_rejected():
-    with pytest.raises(DeviceError, match="not supported yet; allowed: local"):
+    with pytest.raises(DeviceError, match="not supported; allowed: local"):
         open_device("adb://123")

@@ -83,19 +83,3 @@ class LocalDevice:
         except (IndexError, json.JSONDecodeError):
             raise DeviceError(f"local benchmark of {model_path} printed no result") from None
         return {"device": self.name, **record}
-
-
-def open_device(spec: str):
-    """The device for a spec string (``local``).
-
-    Raises:
-        DeviceError: the spec names an unknown or not yet supported kind of device.
-    """
-    if spec == "local":
-        return LocalDevice()
-    raise DeviceError(f"device {spec!r} is not supported yet; allowed: local")
-
-
-def benchmark(spec: str, model_path: str | Path, **kwargs) -> dict:
-    """Shorthand: ``open_device(spec).benchmark(model_path, **kwargs)``."""
-    return open_device(spec).benchmark(model_path, **kwargs)

@@ -1,0 +1,106 @@
+"""The ssh device against a real sshd on 127.0.0.1, with a device venv of only numpy + LiteRT."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import sshd
+from edgecomp.devices import LocalDevice, open_device
+from edgecomp.devices.ssh import SshDevice
+from edgecomp.errors import DeviceError
+
+pytestmark = pytest.mark.skipif(not sshd.available(), reason="OpenSSH server not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sshd")
+    running = sshd.LoopbackSshd(folder)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def device_venvs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("device")
+    return {"litert": sshd.device_python(folder / "litert"), "bare": sshd.device_python(folder / "bare", ())}
+
+
+def remote_folders():
+    return sorted(p.name for p in Path("/tmp").glob("edgecomp.*"))
+
+
+def device(server, python, user="root"):
+    return open_device(f"ssh://{user}@127.0.0.1:{server.port}?python={python}", ssh_options=server.options)
+
+
+@pytest.fixture
+def model_file(tmp_path, converted):
+    path = tmp_path / "model with spaces; rm -rf x.tflite"
+    path.write_bytes(converted("int8"))
+    return path
+
+
+def test_ssh_results_match_local_and_leave_nothing_behind(server, device_venvs, model_file, tiny_dataset):
+    before = remote_folders()
+    remote = device(server, device_venvs["litert"]).benchmark(model_file, runs=30, warmup=3,
+                                                              inputs=tiny_dataset.x_test[:1])
+    local = LocalDevice().benchmark(model_file, runs=30, warmup=3, inputs=tiny_dataset.x_test[:1])
+    assert remote["device"].startswith("ssh://root@127.0.0.1")
+    assert remote["runtime"].startswith("ai_edge_litert")
+    assert remote["delegate"] == local["delegate"] == "XNNPACK"
+    assert remote["runs"] == 30 and len(remote["latency_samples_ms"]) == 30
+    # Same machine underneath: medians within a factor of 3 of each other (noise, not a benchmark).
+    assert 1 / 3 < remote["latency_ms"]["p50"] / local["latency_ms"]["p50"] < 3
+    assert remote_folders() == before
+
+
+def test_device_without_runtime_says_which_pip_install(server, device_venvs, model_file):
+    bare = device_venvs["bare"]
+    subprocess.run([str(bare), "-m", "pip", "install", "-q", "numpy"], check=True)
+    before = remote_folders()
+    with pytest.raises(DeviceError, match="no TFLite runtime .* pip install ai-edge-litert"):
+        device(server, bare).benchmark(model_file, runs=2, warmup=0)
+    assert remote_folders() == before
+
+
+def test_model_the_device_cannot_load_is_a_device_error(server, device_venvs, tmp_path, converted):
+    path = tmp_path / "broken.tflite"
+    content = converted("float32")
+    path.write_bytes(content[: len(content) // 3])
+    before = remote_folders()
+    with pytest.raises(DeviceError, match="cannot load broken.tflite"):
+        device(server, device_venvs["litert"]).benchmark(path, runs=2, warmup=0)
+    assert remote_folders() == before
+
+
+def test_wrong_user_is_refused_with_one_line(server, device_venvs, model_file):
+    with pytest.raises(DeviceError, match="cannot log in: .*(Permission denied|Invalid)"):
+        device(server, device_venvs["litert"], user="nobody").benchmark(model_file, runs=1, warmup=0)
+
+
+def test_unreachable_host_is_a_device_error(model_file):
+    port = sshd.free_port()  # nothing listens there
+    with pytest.raises(DeviceError, match="cannot log in: .*(refused|Connection)"):
+        SshDevice.from_spec(f"ssh://root@127.0.0.1:{port}").benchmark(model_file, runs=1, warmup=0)
+
+
+def test_unknown_host_key_is_not_trusted_by_default(server, model_file, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = ("-i", str(server.folder / "keys" / "client"), "-o", "IdentitiesOnly=yes", "-F", "/dev/null",
+               "-o", f"UserKnownHostsFile={empty}")
+    spec = f"ssh://root@127.0.0.1:{server.port}"
+    with pytest.raises(DeviceError, match="cannot log in: .*(verification failed|No .* host key)"):
+        open_device(spec, ssh_options=options).benchmark(model_file, runs=1, warmup=0)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("ssh://", "expected ssh://user@host"),
+    ("ssh://pi@host:99999", "port must be a number"),
+    ("ssh://pi@host?pyton=x", "unknown option 'pyton'"),
+])
+def test_bad_ssh_specs_are_explained(spec, expected):
+    with pytest.raises(DeviceError, match=expected):
+        SshDevice.from_spec(spec)
