@@ -451,7 +451,7 @@ def format_validation_error(error: ValidationError) -> str:
     value = first.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
-        message = f"unknown key {dotted!r}" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+        message = f"unknown key '{dotted}'" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
     elif kind == "missing":
         message = f"{dotted}: required key is missing"
     else:
@@ -483,7 +483,8 @@ def _dotted(loc: tuple) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + str(part)
+            # Keys come from the user's file: escape newlines and control characters.
+            text += ("." if text else "") + str(part).encode("unicode_escape").decode("ascii")
     return text
 
 
