@@ -31,13 +31,14 @@ from pydantic import (
 )
 
 from edgecomp.errors import ConfigError
+from edgecomp.targets.profiles import BOARDS
 
 STAGE_NAMES = ("distill", "low_rank", "prune", "cluster", "quantize")
 TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
 AVAILABLE_STAGES: tuple[str, ...] = ("prune", "cluster", "quantize")
-AVAILABLE_TARGETS = ("cpu",)
+AVAILABLE_TARGETS = ("cpu", "micro")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
 # zoo name is reported without importing TensorFlow.
@@ -243,10 +244,26 @@ class EdgeTpuTargetConfig(_TargetBase):
     pass
 
 
-class MicroTargetConfig(_TargetBase):
-    board: Optional[str] = "cortex_m4_256k"
-    flash_kb: Optional[int] = Field(None, ge=1)
-    ram_kb: Optional[int] = Field(None, ge=1)
+class MicroTargetConfig(_Strict):
+    quantization: Literal["int8"] = "int8"
+    io: Literal["int8"] = "int8"
+    board: str = Field("cortex_m4_256k", description="named budget: " + ", ".join(BOARDS))
+    flash_kb: Optional[int] = Field(None, ge=1, description="overrides the board's flash budget")
+    ram_kb: Optional[int] = Field(None, ge=1, description="overrides the board's RAM budget")
+    test_samples: Optional[int] = Field(None, ge=1, description="test samples run in TFLM (default: all)")
+
+    @model_validator(mode="after")
+    def _board_known(self):
+        if self.board not in BOARDS:
+            raise ValueError(f"board {self.board!r} is unknown; allowed: {', '.join(BOARDS)} "
+                             "(or give flash_kb and ram_kb)")
+        return self
+
+    @property
+    def budget(self) -> tuple[int, int]:
+        """(flash_kb, ram_kb): the board's, overridden by flash_kb/ram_kb."""
+        board = BOARDS[self.board]
+        return self.flash_kb or board.flash_kb, self.ram_kb or board.ram_kb
 
 
 class CpuTarget(_Strict):

@@ -29,10 +29,9 @@ from edgecomp.devices import open_device
 from edgecomp.errors import DeviceError, EdgecompError, ModelError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu
+from edgecomp.targets import cpu, micro
 
 log = logging.getLogger("edgecomp")
-VERIFIERS = {"cpu": cpu.verify}
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
 # (the .keras format loses the wrappers' variables: "expected 5 variables, received 3").
 CHECKPOINT_FILE = "model.h5"
@@ -78,7 +77,8 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     # The reference is converted from a deep copy before any stage touches the model:
     # tfmot wraps layer objects in place (DESIGN.md §9).
     reference_model = models.copy(model)
-    report.reference = _variant(cfg, "reference", reference_model, "float32", "float32", dataset, calibration, run_dir)
+    reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
+    report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration, run_dir)
     del reference_model
 
     previous: list[str] = []
@@ -103,9 +103,8 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     expect = _expectations(report.stages)
     for item in cfg.targets:
         params = stage_params(item)
-        record = _variant(cfg, stage_kind(item), model, params.quantization, params.io, dataset, calibration,
-                          run_dir, expect)
-        if _needs_guard(params, record, report.reference, previous):
+        record = _variant(cfg, stage_kind(item), model, params, dataset, calibration, run_dir, expect)
+        if stage_kind(item) == "cpu" and _needs_guard(params, record, report.reference, previous):
             _guard(cfg, record, params, model, dataset, calibration, run_dir, report.reference, expect)
         report.targets.append(record)
     report.seconds = time.time() - started
@@ -157,8 +156,9 @@ def _expectations(records: list[StageRecord]) -> dict:
     return expect
 
 
-def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir, expect=None) -> TargetRecord:
+def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=None) -> TargetRecord:
     """Converts, writes, verifies, evaluates and benchmarks one file."""
+    quantization, io = params.quantization, params.io
     relative = f"{target}/model.tflite"
     log.info("%s: converting to %s (io %s)", target, quantization, io)
     try:
@@ -167,20 +167,37 @@ def _variant(cfg, target, model, quantization, io, dataset, calibration, run_dir
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
     path = files.write_bytes(run_dir / relative, content)
-    compatibility = VERIFIERS["cpu"](content, quantization, io, expect if target != "reference" else None)
-    if not compatibility["ok"]:
-        failed = [r for r in compatibility["details"].get("rules", []) if not r["ok"]]
-        log.error("%s: failed check %s", target, "; ".join(f"{r['rule']}: {r['detail']}" for r in failed))
-    metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
-    log.info("%s: %s bytes, accuracy %.4f (LiteRT, %d test samples)", target, f"{len(content):,}",
-             metrics["accuracy"], metrics["samples"])
     record = TargetRecord(
         target=target, quantization=quantization, path=relative, size_bytes=path.stat().st_size,
-        gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics=metrics,
-        compatibility=compatibility, io=runtime.io_details(content),
+        gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics={},
+        compatibility={}, io=runtime.io_details(content),
     )
-    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
+    if target == "micro":
+        record.compatibility, record.metrics = micro.verify(content, params, dataset.x_test, dataset.y_test)
+        for source in micro.write_sources(content, path.parent):
+            log.info("%s: wrote %s", target, source)
+        record.skipped.append({"layer": "benchmark", "reason": "micro: host timings do not predict a "
+                                                              "microcontroller; see the arena and flash figures"})
+    else:
+        record.compatibility = cpu.verify(content, quantization, io, expect if target != "reference" else None)
+        record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
+    if not record.compatibility["ok"]:
+        log.error("%s: %s", target, failed_rules(record))
+    if record.metrics:
+        log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
+                 record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
+    if target != "micro":
+        record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
     return record
+
+
+def failed_rules(record: TargetRecord) -> str:
+    """One line naming each failed rule of a target and its detail."""
+    details = record.compatibility.get("details", {})
+    failed = [f"{r['rule']}: {r['detail']}" for r in details.get("rules", []) if not r["ok"]]
+    if "error" in details:
+        failed.append(details["error"])
+    return "failed " + "; ".join(failed) if failed else "passed"
 
 
 def _needs_guard(params, record: TargetRecord, reference: TargetRecord, previous: list[str]) -> bool:
@@ -215,7 +232,7 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, reference,
     record.size_bytes = path.stat().st_size
     record.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))
     record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=record.path)
-    record.compatibility = VERIFIERS["cpu"](content, params.quantization, params.io, expect,
+    record.compatibility = cpu.verify(content, params.quantization, params.io, expect,
                                             float_fallback=len(result["float_layers"]))
     record.io = runtime.io_details(content)
     record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)

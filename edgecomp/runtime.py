@@ -137,13 +137,14 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero_point) * scale
 
 
-def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: int = 1, where: str = "model"):
+def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: int = 1, where: str = "model",
+            delegates: bool = True):
     """Float outputs of the model for every sample in ``x`` (first output tensor).
 
     Batches by resizing the input's first dimension; falls back to one sample at a
     time when the model's input has a fixed batch of 1 or resizing fails.
     """
-    interpreter = make_interpreter(content, num_threads, where)
+    interpreter = make_interpreter(content, num_threads, where, delegates)
     input_detail = interpreter.get_input_details()[0]
     signature = input_detail.get("shape_signature", input_detail["shape"])
     expected = tuple(int(d) for d in input_detail["shape"][1:])

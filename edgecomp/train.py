@@ -29,14 +29,15 @@ def main(argv):
     failed = [t.target for t in [report.reference, *report.targets] if t and not t.compatibility.get("ok")]
     print(f"wrote {cfg.run_dir / 'report.md'}")
     for record in [report.reference, *report.targets]:
-        accuracy = record.metrics.get("accuracy")
+        accuracy = record.metrics.get("accuracy") if record.metrics else None
         p50 = record.benchmarks[0]["latency_ms"]["p50"] if record.benchmarks else None
         print(f"  {record.target:10s} {record.quantization:8s} {record.size_bytes:>9,d} B  "
               f"accuracy {accuracy if accuracy is None else round(accuracy, 4)}  "
               f"p50 {'-' if p50 is None else f'{p50:.4f} ms'}")
     if failed:
-        print(f"error: target(s) {', '.join(failed)} failed their checks; see {cfg.run_dir / 'report.md'}",
-              file=sys.stderr)
+        records = {r.target: r for r in [report.reference, *report.targets]}
+        reasons = "; ".join(f"{name} {pipeline.failed_rules(records[name])}" for name in failed)
+        print(f"error: {reasons} (see {cfg.run_dir / 'report.md'})", file=sys.stderr)
         return 1
     return 0
 

@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
         "data": {"source": "digits", "calibration_samples": 50},
         "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
         "train": {"epochs": 1},
-        "targets": [{"cpu": {"quantization": "int8"}}],
+        "targets": [{"cpu": {"quantization": "int8"}}, {"micro": {}}],
         "benchmark": {"runs": 10, "warmup": 1},
     })
     report = pipeline.run(cfg)
@@ -31,7 +31,8 @@ def test_run_writes_the_documented_layout(tiny_run):
     cfg, _ = tiny_run
     run_dir = cfg.run_dir
     for relative in ("config.yaml", "reference/model.tflite", "cpu/model.tflite", "report.json", "report.md",
-                     "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.h5"):
+                     "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.h5",
+                     "micro/model.tflite", "micro/model_data.cc", "micro/model_data.h", "micro/op_resolver.h"):
         assert (run_dir / relative).is_file(), relative
     assert config.load(run_dir / "config.yaml") == cfg
 
@@ -46,6 +47,7 @@ def test_report_json_has_the_contract_keys(tiny_run):
     target = saved["targets"][0]
     assert {"target", "quantization", "path", "size_bytes", "gzip_bytes", "metrics", "compatibility",
             "benchmarks"} <= set(target)
+    assert saved["targets"][1]["compatibility"]["details"]["arena_bytes"] > 0
     bench = target["benchmarks"][0]
     assert {"device", "threads", "runs", "latency_ms", "init_ms", "first_ms", "peak_rss_mb", "delegate"} <= set(bench)
     assert set(bench["latency_ms"]) == {"mean", "std", "min", "p50", "p90", "p99", "max"}
@@ -59,8 +61,11 @@ def test_report_figures_match_the_files(tiny_run):
         content = path.read_bytes()
         assert record.size_bytes == os.path.getsize(path)
         assert record.gzip_bytes == len(gzip.compress(content, compresslevel=9, mtime=0))
-        assert record.metrics["accuracy"] == pytest.approx(tflite_accuracy(path, dataset), abs=1e-9)
-        assert record.compatibility["ok"]
+        if record.target == "micro":  # measured in TFLM; LiteRT may differ by one quantization step
+            assert record.metrics["litert_accuracy"] == pytest.approx(tflite_accuracy(path, dataset), abs=1e-9)
+        else:
+            assert record.metrics["accuracy"] == pytest.approx(tflite_accuracy(path, dataset), abs=1e-9)
+        assert record.compatibility["ok"], record.compatibility
 
 
 def test_report_markdown_has_the_variant_table(tiny_run):
@@ -76,12 +81,14 @@ def test_resume_reuses_the_baseline_and_gives_identical_files(tiny_run, caplog):
     cfg, report = tiny_run
     reference_before = (cfg.run_dir / "reference/model.tflite").read_bytes()
     int8_before = (cfg.run_dir / "cpu/model.tflite").read_bytes()
+    micro_before = (cfg.run_dir / "micro/model_data.cc").read_bytes()
     with caplog.at_level(logging.INFO, logger="edgecomp"):
         again = pipeline.run(cfg, resume=True)
     assert "resume: reusing checkpoint 00_baseline" in caplog.text
     assert again.stages[0].metrics == report.stages[0].metrics
     assert (cfg.run_dir / "reference/model.tflite").read_bytes() == reference_before
     assert (cfg.run_dir / "cpu/model.tflite").read_bytes() == int8_before
+    assert (cfg.run_dir / "micro/model_data.cc").read_bytes() == micro_before
 
 
 def test_resume_after_an_upstream_change_trains_again(tiny_run, caplog):

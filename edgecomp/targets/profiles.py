@@ -34,6 +34,30 @@ class TargetProfile:
         return dict(self.io_types).get(quantization, ("float32",))
 
 
+@dataclasses.dataclass(frozen=True)
+class Board:
+    """A microcontroller budget: flash for the model, RAM for the tensor arena."""
+
+    name: str
+    flash_kb: int
+    ram_kb: int
+    description: str
+
+
+# Whole-chip figures; the application and TFLM's own code need part of both, so a
+# model that only just fits here will not fit in practice.
+BOARDS: dict[str, Board] = {
+    board.name: board
+    for board in (
+        Board("cortex_m4_256k", 1024, 256, "generic Cortex-M4F, 1 MB flash, 256 KB SRAM"),
+        Board("arduino_nano33ble", 1024, 256, "Arduino Nano 33 BLE (nRF52840)"),
+        Board("esp32s3", 8192, 512, "ESP32-S3 module with 8 MB flash, 512 KB SRAM"),
+        Board("stm32f746", 1024, 320, "STM32F746 (Cortex-M7), 1 MB flash, 320 KB SRAM"),
+        Board("rp2040", 2048, 264, "Raspberry Pi Pico (RP2040), 2 MB flash, 264 KB SRAM"),
+    )
+}
+
+
 PROFILES: dict[str, TargetProfile] = {
     "cpu": TargetProfile(
         name="cpu",
@@ -41,5 +65,12 @@ PROFILES: dict[str, TargetProfile] = {
         quantizations=("int8", "float32", "float16", "dynamic", "int16x8"),
         io_types=(("int8", ("float32", "int8", "uint8")), ("int16x8", ("float32", "int16"))),
         delegate="XNNPACK",
+    ),
+    "micro": TargetProfile(
+        name="micro",
+        description="microcontrollers with TensorFlow Lite for Microcontrollers (full-integer int8)",
+        quantizations=("int8",),
+        io_types=(("int8", ("int8",)),),
+        delegate="none (TFLM reference kernels)",
     ),
 }

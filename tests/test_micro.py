@@ -1,0 +1,67 @@
+"""The micro target: the real TFLM interpreter, arena search, board budgets, C sources."""
+
+import pytest
+
+from edgecomp import config
+from edgecomp.targets import micro
+
+
+@pytest.fixture(scope="module")
+def int8_model(converted):
+    return converted("int8", "int8")
+
+
+def test_file_runs_in_tflm_and_agrees_with_litert(int8_model, tiny_dataset):
+    compatibility, metrics = micro.verify(int8_model, config.MicroTargetConfig(), tiny_dataset.x_test,
+                                          tiny_dataset.y_test)
+    assert compatibility["ok"], compatibility["details"]["rules"]
+    assert metrics["runtime"] == "tflm" and metrics["samples"] == len(tiny_dataset.y_test)
+    assert abs(metrics["accuracy"] - metrics["litert_accuracy"]) <= 2 / len(tiny_dataset.y_test)
+
+
+def test_arena_search_finds_the_smallest_working_arena(int8_model, tiny_dataset):
+    arena = micro.find_arena(int8_model, tiny_dataset.x_test[0])
+    assert arena % micro.ALIGNMENT == 0
+    assert micro._runs(int8_model, arena, tiny_dataset.x_test[0])
+    assert not micro._runs(int8_model, arena - micro.ALIGNMENT, tiny_dataset.x_test[0])
+
+
+def test_budget_failure_names_the_rule_and_the_figures(int8_model, tiny_dataset):
+    tiny_board = config.MicroTargetConfig(flash_kb=1, ram_kb=1)
+    compatibility, _ = micro.verify(int8_model, tiny_board, tiny_dataset.x_test[:5], tiny_dataset.y_test[:5])
+    failed = {r["rule"]: r["detail"] for r in compatibility["details"]["rules"] if not r["ok"]}
+    assert not compatibility["ok"]
+    assert "of 1 KB flash" in failed["fits_flash"]
+    if "fits_ram" in failed:
+        assert "of 1 KB RAM" in failed["fits_ram"]
+
+
+def test_c_array_round_trips_to_the_same_bytes(int8_model, tmp_path):
+    paths = micro.write_sources(int8_model, tmp_path)
+    assert [p.name for p in paths] == ["model_data.h", "model_data.cc", "op_resolver.h"]
+    source = (tmp_path / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char g_model_data[]" in source
+    assert f"g_model_data_len = {len(int8_model)};" in source
+    assert micro.parse_c_array(source) == int8_model
+
+
+def test_op_resolver_registers_exactly_the_models_ops(int8_model, tmp_path):
+    micro.write_sources(int8_model, tmp_path)
+    header = (tmp_path / "op_resolver.h").read_text()
+    ops = micro.op_names(int8_model)
+    assert f"MicroMutableOpResolver<{len(ops)}>" in header
+    assert header.count("resolver.Add") == len(ops)
+    for op in ops:
+        assert f"resolver.{micro.resolver_method(op)}()" in header
+
+
+@pytest.mark.parametrize("op, method", [("CONV_2D", "AddConv2D"), ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"),
+                                        ("FULLY_CONNECTED", "AddFullyConnected"), ("MAX_POOL_2D", "AddMaxPool2D"),
+                                        ("RELU6", "AddRelu6"), ("MEAN", "AddMean")])
+def test_resolver_method_names_follow_tflm(op, method):
+    assert micro.resolver_method(op) == method
+
+
+def test_unknown_board_is_a_config_error():
+    with pytest.raises(config.ConfigError, match="board 'uno' is unknown; allowed: cortex_m4_256k"):
+        config.from_dict({"targets": [{"micro": {"board": "uno"}}]})
