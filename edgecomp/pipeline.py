@@ -174,7 +174,16 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     )
     if target == "micro":
         record.compatibility, record.metrics = micro.verify(content, params, dataset.x_test, dataset.y_test)
-        for source in micro.write_sources(content, path.parent):
+        sources = content
+        if expect and expect.get("clusters") and record.compatibility["ok"]:
+            compressed, lut = micro.lut_variant(content, expect["clusters"], dataset.x_test[:50])
+            record.compatibility["details"]["lut"] = lut
+            if compressed is not None:
+                files.write_bytes(path.parent / "model_lut.tflite", compressed)
+                sources = compressed
+                log.info("%s: LUT compression %s → %s bytes, TFLM outputs identical", target,
+                         f"{len(content):,}", f"{len(compressed):,}")
+        for source in micro.write_sources(sources, path.parent):
             log.info("%s: wrote %s", target, source)
         record.skipped.append({"layer": "benchmark", "reason": "micro: host timings do not predict a "
                                                               "microcontroller; see the arena and flash figures"})

@@ -142,6 +142,14 @@ def render(report: Report) -> str:
         lines.append(f"- **{label}** ({record.quantization}): {status}")
         for rule in record.compatibility.get("details", {}).get("rules", []):
             lines.append(f"  - {'ok' if rule['ok'] else 'FAILED'} `{rule['rule']}`: {rule['detail']}")
+        lut = record.compatibility.get("details", {}).get("lut")
+        if lut:
+            if lut.get("outputs_identical"):
+                lines.append(f"  - LUT compression (TFLM): {lut['flash_bytes_before']:,} → {lut['flash_bytes_after']:,} B "
+                             f"({lut['ratio']:.3f}×), TFLM outputs identical, arena {lut['arena_bytes']:,} B; "
+                             "C sources hold the compressed model")
+            else:
+                lines.append(f"  - LUT compression not used: {lut.get('note', 'TFLM outputs differed')}")
         for item in record.skipped:
             lines.append(f"  - skipped {item['layer']}: {item['reason']}")
     lines += ["", "## Benchmarks", "", "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS |",

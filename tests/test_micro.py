@@ -65,3 +65,24 @@ def test_resolver_method_names_follow_tflm(op, method):
 def test_unknown_board_is_a_config_error():
     with pytest.raises(config.ConfigError, match="board 'uno' is unknown; allowed: cortex_m4_256k"):
         config.from_dict({"targets": [{"micro": {"board": "uno"}}]})
+
+
+def test_lut_compression_of_a_clustered_model_shrinks_it_and_keeps_tflm_outputs(tiny_dataset, tmp_path):
+    from edgecomp import data, models, stages
+    from edgecomp._keras import keras
+    from edgecomp.targets.convert import convert
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(tiny_dataset.input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(512, activation="relu")(x)  # big enough for the tables to pay off
+    outputs = keras.layers.Dense(tiny_dataset.num_classes)(x)
+    model = keras.Model(inputs, outputs)
+    context = stages.StageContext(config.from_dict({}), tiny_dataset, tmp_path)
+    clustered, _ = stages.apply("cluster", models.copy(model), config.ClusterConfig(clusters=8, epochs=1), context)
+    content = convert(clustered, "int8", "int8", data.representative_samples(tiny_dataset, 30))
+    compressed, record = micro.lut_variant(content, 8, tiny_dataset.x_test[:20])
+    assert compressed is not None, record
+    assert record["outputs_identical"] and len(compressed) < len(content)
+    assert record["flash_bytes_after"] == len(compressed)
+    assert "TFLM_DECODE" in micro.op_names(compressed)

@@ -18,9 +18,10 @@ ops the model uses.
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,88 +34,81 @@ ALIGNMENT = 16
 MAX_ARENA = 64 * 1024 * 1024
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """TFLM prints allocation failures to fd 2 while the arena search probes sizes."""
-    saved = os.dup(2)
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+class _Worker:
+    """A model and samples on disk, run by ``tflm_worker`` in child processes."""
 
+    def __init__(self, content: bytes, x: np.ndarray):
+        self._folder = tempfile.TemporaryDirectory(prefix="edgecomp-tflm-")
+        self.model = Path(self._folder.name) / "model.tflite"
+        self.inputs = Path(self._folder.name) / "inputs.npy"
+        self.model.write_bytes(content)
+        np.save(self.inputs, np.asarray(x, dtype=np.float32))
 
-def _interpreter(content: bytes, arena_size: int):
-    from tflite_micro.python.tflite_micro import runtime as tflm
+    def run(self, arena: int, outputs: Path | None = None) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "edgecomp.targets.tflm_worker", "--model", str(self.model),
+                   "--inputs", str(self.inputs), "--arena", str(arena)]
+        if outputs is not None:
+            command += ["--outputs", str(outputs)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
-    return tflm.Interpreter.from_bytes(content, arena_size=arena_size)
+    def close(self):
+        self._folder.cleanup()
 
 
 def _runs(content: bytes, arena_size: int, sample: np.ndarray) -> bool:
+    """Whether the model allocates and runs one sample in ``arena_size`` bytes (a crash counts as no)."""
+    worker = _Worker(content, sample[np.newaxis])
     try:
-        with _quiet_native_stderr():
-            interpreter = _interpreter(content, arena_size)
-            _invoke(interpreter, sample)
-        return True
-    except (RuntimeError, ValueError):
-        return False
-
-
-def _input_detail(interpreter) -> dict:
-    detail = interpreter.get_input_details(0)
-    parameters = detail["quantization_parameters"]
-    scale = float(parameters["scales"][0]) if len(parameters["scales"]) else 0.0
-    zero = int(parameters["zero_points"][0]) if len(parameters["zero_points"]) else 0
-    return {"dtype": detail["dtype"], "quantization": (scale, zero)}
-
-
-def _output_detail(interpreter) -> dict:
-    detail = interpreter.get_output_details(0)
-    parameters = detail["quantization_parameters"]
-    scale = float(parameters["scales"][0]) if len(parameters["scales"]) else 0.0
-    zero = int(parameters["zero_points"][0]) if len(parameters["zero_points"]) else 0
-    return {"dtype": detail["dtype"], "quantization": (scale, zero)}
-
-
-def _invoke(interpreter, sample: np.ndarray) -> np.ndarray:
-    interpreter.set_input(runtime.quantize_input(sample[np.newaxis], _input_detail(interpreter)), 0)
-    interpreter.invoke()
-    return runtime.dequantize_output(interpreter.get_output(0), _output_detail(interpreter))
+        return worker.run(arena_size).returncode == 0
+    finally:
+        worker.close()
 
 
 def find_arena(content: bytes, sample: np.ndarray) -> int:
     """The smallest tensor arena (a multiple of 16 bytes) in which the model allocates and runs.
 
+    Each probe runs in a child process: TFLM may crash on an arena that is too small.
+
     Raises:
         ModelError: TFLM cannot run the model with any arena up to 64 MB.
     """
-    high = max(4096, len(content))
-    while not _runs(content, high, sample):
-        high *= 2
-        if high > MAX_ARENA:
-            raise ModelError("TFLM cannot run the model with any arena up to 64 MB")
-    low = 0  # known to fail (or never tried)
-    while high - low > ALIGNMENT:
-        middle = (low + high) // 2 // ALIGNMENT * ALIGNMENT
-        if middle <= low:
-            break
-        if _runs(content, middle, sample):
-            high = middle
-        else:
-            low = middle
-    return high
+    worker = _Worker(content, sample[np.newaxis])
+    try:
+        high = max(4096, len(content))
+        while worker.run(high).returncode != 0:
+            high *= 2
+            if high > MAX_ARENA:
+                raise ModelError("TFLM cannot run the model with any arena up to 64 MB")
+        low = 0  # known to fail (or never tried)
+        while high - low > ALIGNMENT:
+            middle = (low + high) // 2 // ALIGNMENT * ALIGNMENT
+            if middle <= low:
+                break
+            if worker.run(middle).returncode == 0:
+                high = middle
+            else:
+                low = middle
+        return high
+    finally:
+        worker.close()
 
 
 def predict(content: bytes, x: np.ndarray, arena_size: int) -> np.ndarray:
-    """Float outputs of the model run in TFLM, one sample at a time."""
-    interpreter = _interpreter(content, arena_size)
-    outputs = []
-    for sample in x:
-        outputs.append(_invoke(interpreter, sample))
-        interpreter.reset()
-    return np.concatenate(outputs)
+    """Float outputs of the model run in TFLM (in a child process), one sample at a time.
+
+    Raises:
+        ModelError: TFLM refused the model or crashed.
+    """
+    worker = _Worker(content, x)
+    try:
+        outputs = Path(worker.model.parent) / "outputs.npy"
+        done = worker.run(arena_size, outputs)
+        if done.returncode != 0:
+            reason = f"signal {-done.returncode}" if done.returncode < 0 else done.stderr.strip()[-200:]
+            raise ModelError(f"TFLM could not run the model: {reason}")
+        return np.load(outputs)
+    finally:
+        worker.close()
 
 
 def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict]:
@@ -156,14 +150,115 @@ def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test
     return {"ok": all(r["ok"] for r in rules), "details": details}, metrics
 
 
+def lut_compress(content: bytes, clusters: int) -> tuple[bytes, list[dict]]:
+    """TFLM LUT compression of the conv/dense weight tensors where it saves flash.
+
+    Each candidate (int8 weights with at most ``clusters`` + 1 distinct values per
+    output channel; the +1 is the zero of pruned weights) is tried alone and kept
+    only if the file shrinks: per-channel tables cost bytes, and on small tensors
+    they outweigh the packed indices.
+
+    Returns:
+        ``(compressed bytes, [{"tensor", "saved_bytes"}])``; the input when nothing saves.
+    """
+    from tflite_micro.tensorflow.lite.micro.compression import compress, spec
+    from tflite_micro.tensorflow.lite.micro.compression.spec_builder import SpecBuilder
+
+    interpreter = runtime.make_interpreter(content, delegates=False)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    candidates = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(op["inputs"]) < 2:
+            continue
+        index = int(op["inputs"][1])
+        try:
+            values = interpreter.get_tensor(index)
+        except ValueError:
+            continue
+        axis = int(details[index]["quantization_parameters"]["quantized_dimension"])
+        rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        distinct = max(np.unique(row).size for row in rows)
+        if values.dtype == np.int8 and distinct <= clusters + 1:
+            candidates.append((index, axis, max(1, int(np.ceil(np.log2(distinct))))))
+
+    def build(chosen):
+        builder = SpecBuilder()
+        for index, axis, bits in chosen:
+            builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=spec.PerChannel(axis=axis))
+        return bytes(compress(content, builder.build()))
+
+    kept, savings = [], []
+    for candidate in candidates:
+        saved = len(content) - len(build([candidate]))
+        if saved > 0:
+            kept.append(candidate)
+            savings.append({"tensor": details[candidate[0]]["name"], "saved_bytes": saved})
+    if not kept:
+        return content, []
+    return build(kept), savings
+
+
+def lut_variant(content: bytes, clusters: int, x: np.ndarray) -> tuple[bytes | None, dict]:
+    """LUT-compresses a clustered model and proves TFLM gives identical outputs.
+
+    Returns:
+        ``(compressed bytes or None, record)``; None when nothing saved flash or the
+        outputs differ (the record says which).
+    """
+    compressed, savings = lut_compress(content, clusters)
+    record = {"tensors": savings, "flash_bytes_before": len(content), "flash_bytes_after": len(compressed)}
+    if not savings:
+        record["note"] = "no tensor shrank with a lookup table"
+        return None, record
+    try:
+        arena = find_arena(compressed, x[0])
+        identical = bool(np.array_equal(predict(compressed, x, arena), predict(content, x, find_arena(content, x[0]))))
+    except ModelError as error:
+        record["note"] = f"this TFLM build cannot run the compressed model: {error}"
+        return None, record
+    record.update(arena_bytes=arena, outputs_identical=identical, ratio=len(compressed) / len(content))
+    return (compressed if identical else None), record
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    return schema
+
+
 def op_names(content: bytes) -> list[str]:
-    """Builtin op names the model uses, in order of first use."""
-    ops, _ = runtime.ops_and_tensors(content)
-    return list(collections.OrderedDict.fromkeys(op["op_name"] for op in ops))
+    """Op names the model uses, in order of first use, read from the flatbuffer.
+
+    Builtin ops by their schema name (``CONV_2D``), custom ops by their custom code
+    (the ``DECODE`` op that TFLM's compression inserts is one).
+    """
+    from tflite_micro.python.tflite_micro import runtime as tflm
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = tflm.convert_bytearray_to_object(bytearray(content))
+    names_by_code = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = []
+    for subgraph in model.subgraphs:
+        for operator in subgraph.operators:
+            code = model.operatorCodes[operator.opcodeIndex]
+            builtin = tflm.get_builtin_code_from_operator_code(code)
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                custom = code.customCode
+                names.append(custom.decode() if isinstance(custom, bytes) else str(custom))
+            else:
+                names.append(names_by_code[builtin])
+    return list(collections.OrderedDict.fromkeys(names))
+
+
+# Custom ops with a known registration; the DECODE op of TFLM compression needs a TFLM
+# built with compression support (not compiled here: the generated line is unchecked).
+CUSTOM_RESOLVER_METHODS = {"TFLM_DECODE": "AddDecode"}
 
 
 def resolver_method(op_name: str) -> str:
     """``MicroMutableOpResolver`` method for a builtin op: ``CONV_2D`` → ``AddConv2D``."""
+    if op_name in CUSTOM_RESOLVER_METHODS:
+        return CUSTOM_RESOLVER_METHODS[op_name]
     parts = op_name.split("_")
     return "Add" + "".join(part.upper() if re.fullmatch(r"\d+D", part) else part.capitalize() for part in parts)
 
@@ -185,7 +280,14 @@ def write_sources(content: bytes, folder: Path, name: str = "g_model") -> list[P
         f"const unsigned int {name}_data_len = {len(content)};\n"
     )
     ops = op_names(content)
-    adds = "\n".join(f"  if (resolver.{resolver_method(op)}() != kTfLiteOk) return kTfLiteError;" for op in ops)
+    builtin = {name for name in vars(_schema().BuiltinOperator) if not name.startswith("_")}
+    lines = []
+    for op in ops:
+        if op in builtin or op in CUSTOM_RESOLVER_METHODS:
+            lines.append(f"  if (resolver.{resolver_method(op)}() != kTfLiteOk) return kTfLiteError;")
+        else:
+            lines.append(f'#error "custom op {op}: register it with resolver.AddCustom(\\"{op}\\", ...)"')
+    adds = "\n".join(lines)
     resolver = (
         "// Generated by edgecomp: registers exactly the ops the model uses.\n"
         "#ifndef EDGECOMP_OP_RESOLVER_H_\n#define EDGECOMP_OP_RESOLVER_H_\n\n"
