@@ -102,7 +102,7 @@ def load(path: str | Path, trust: bool = False, where: str = "model.path"):
         if unsafe:
             raise ModelError(
                 f"{where}: {path} contains {', '.join(sorted(set(unsafe)))} layers, which run code stored "
-                "in the file; load it only if you trust its origin, with model.trust: true (or --trust-model)"
+                "in the file; load it only if you trust its origin, with model.trust: true (or --trust_model)"
             )
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not trust)

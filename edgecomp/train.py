@@ -13,6 +13,7 @@ from edgecomp import cli, config
 flags.DEFINE_string("config", None, "YAML config file (see configs/ and configs/schema.json).")
 flags.DEFINE_multi_string("set", [], "Override a key: --set train.epochs=3 (values parsed as YAML).")
 flags.DEFINE_bool("resume", False, "Reuse finished stage checkpoints of an earlier run of this config.")
+flags.DEFINE_bool("trust_model", False, "Allow model files whose Lambda layers run stored code (model.trust: true).")
 FLAGS = flags.FLAGS
 
 
@@ -21,7 +22,8 @@ def main(argv):
         raise config.ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
     if not FLAGS.config:
         raise config.ConfigError("--config is required, e.g. --config configs/quickstart.yaml")
-    cfg = config.load(FLAGS.config, FLAGS.set)  # validated before TensorFlow is imported
+    overrides = list(FLAGS.set) + (["model.trust=true"] if FLAGS.trust_model else [])
+    cfg = config.load(FLAGS.config, overrides)  # validated before TensorFlow is imported
 
     from edgecomp import pipeline
 

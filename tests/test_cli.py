@@ -95,3 +95,15 @@ def test_bench_runs_a_model_and_writes_json(tmp_path, converted):
     record = json.loads(out.read_text())
     assert record["runs"] == 30
     assert record["latency_ms"]["min"] <= record["latency_ms"]["p50"] <= record["latency_ms"]["max"]
+
+
+def test_train_refuses_lambda_model_file_without_trust(tmp_path):
+    from edgecomp._keras import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.h5")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: x\noutput_dir: {tmp_path}\nmodel: {{path: {tmp_path}/lambda.h5}}\n")
+    assert_one_line_error(run_cli("edgecomp.train", f"--config={path}"), "--trust_model")

@@ -97,3 +97,16 @@ def test_resume_after_an_upstream_change_trains_again(tiny_run, caplog):
     with caplog.at_level(logging.INFO, logger="edgecomp"):
         pipeline.run(changed, resume=True)
     assert "from a different config; running it again" in caplog.text
+
+
+def test_same_config_and_seed_give_the_same_metrics_and_files(tmp_path):
+    raw = {"name": "twice", "data": {"source": "synthetic", "image_size": [6, 6], "num_classes": 3, "samples": 200,
+                                     "calibration_samples": 20},
+           "model": {"zoo": "digits_cnn", "args": {"width": 0.25}}, "train": {"epochs": 2},
+           "targets": [{"cpu": {"quantization": "int8"}}], "benchmark": {"runs": 2, "warmup": 0}}
+    first = pipeline.run(config.from_dict({**raw, "output_dir": str(tmp_path / "a")}))
+    second = pipeline.run(config.from_dict({**raw, "output_dir": str(tmp_path / "b")}))
+    assert first.stages[0].metrics == second.stages[0].metrics
+    assert [t.metrics for t in first.targets] == [t.metrics for t in second.targets]
+    for relative in ("reference/model.tflite", "cpu/model.tflite"):
+        assert (tmp_path / "a/twice" / relative).read_bytes() == (tmp_path / "b/twice" / relative).read_bytes()
