@@ -150,7 +150,7 @@ def _expectations(records: list[StageRecord]) -> dict:
     expect = {}
     for record in records:
         if record.stage == "prune" and record.details.get("sparsity"):
-            expect["sparsity"] = record.details["sparsity"]
+            expect["sparsity"] = record.details.get("model_sparsity", record.details["sparsity"])
         if record.stage == "cluster":
             expect["clusters"] = record.details["clusters"]
     return expect

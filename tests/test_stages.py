@@ -135,3 +135,17 @@ def test_quantize_must_be_the_last_stage():
 def test_filter_pruning_is_refused_until_it_exists():
     with pytest.raises(ConfigError, match="structure 'filters' .* not available"):
         config.from_dict({"stages": [{"prune": {"structure": "filters"}}]})
+
+
+def test_depthwise_kernels_tfmot_cannot_prune_are_reported_and_the_file_check_accounts_for_them(tiny_dataset,
+                                                                                                  context):
+    from edgecomp import zoo
+
+    model = zoo.build("ds_cnn", tiny_dataset.input_shape, tiny_dataset.num_classes, {"filters": 8, "blocks": 1})
+    pruned, record = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
+    reasons = {item["layer"]: item["reason"] for item in record.skipped}
+    assert reasons["dw1_conv"] == "tfmot does not prune DepthwiseConv2D weights"
+    assert record.details["model_sparsity"] < record.details["achieved_sparsity"]
+    content = convert(pruned, "int8", calibration=tiny_dataset.x_train[:20])
+    result = cpu.verify(content, "int8", expect={"sparsity": record.details["model_sparsity"]})
+    assert result["ok"], result["details"]["rules"]

@@ -40,6 +40,8 @@ def _prunable(layer, structure: str) -> str | None:
         if inputs % 4:
             return f"2:4 sparsity needs input channels in multiples of 4, this kernel has {inputs}"
         return None
+    if prune_registry.PruneRegistry._LAYERS_WEIGHTS_MAP.get(type(layer)) == []:  # noqa: SLF001
+        return f"tfmot does not prune {type(layer).__name__} weights"
     if isinstance(layer, sparsity_api.PrunableLayer) or prune_registry.PruneRegistry.supports(layer):
         return None
     return common.NOT_SUPPORTED
@@ -101,6 +103,8 @@ def apply(model, params: PruneConfig, context):
         "structure": params.structure,
         "schedule": params.schedule,
         "achieved_sparsity": common.total_sparsity(statistics),
+        # Zero share over every conv/dense kernel, pruned or not: what the .tflite must show.
+        "model_sparsity": common.total_sparsity(common.layer_statistics(stripped)),
         "layers": statistics,
     }
     return stripped, common.record("prune", stripped, context, skipped, details)
