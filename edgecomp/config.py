@@ -37,7 +37,7 @@ STAGE_NAMES = ("distill", "low_rank", "prune", "cluster", "quantize")
 TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
-AVAILABLE_STAGES: tuple[str, ...] = ("prune", "cluster", "quantize")
+AVAILABLE_STAGES: tuple[str, ...] = ("distill", "prune", "cluster", "quantize")
 AVAILABLE_TARGETS = ("cpu", "micro")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
@@ -120,13 +120,26 @@ class TrainConfig(_Strict):
 # ---- stages ----------------------------------------------------------------
 
 
+class FeatureMatch(_Strict):
+    """One feature-distillation term: MSE between a teacher and a student layer's outputs."""
+
+    teacher: str = Field(..., min_length=1, description="teacher layer name")
+    student: str = Field(..., min_length=1, description="student layer name (same spatial size; channels may differ)")
+    weight: float = Field(1.0, gt=0.0)
+
+
 class DistillConfig(_Strict):
     teacher: ModelSpec
-    teacher_epochs: int = Field(20, ge=0)
+    teacher_epochs: int = Field(20, ge=0, description="for a zoo/builder teacher; a teacher from path is taken as trained")
     temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the hard-label loss")
     epochs: int = Field(20, ge=0)
     learning_rate: float = Field(0.001, gt=0.0)
+    student_init: Literal["scratch", "trained"] = Field(
+        "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
+    )
+    baseline_student: bool = Field(False, description="also train the student alone (same init, seed, epochs)")
+    features: tuple[FeatureMatch, ...] = ()
 
 
 class LowRankConfig(_Strict):
@@ -162,6 +175,11 @@ class ClusterConfig(_Strict):
 class QuantizeConfig(_Strict):
     epochs: int = Field(3, ge=0)
     learning_rate: float = Field(0.0001, gt=0.0)
+    distill_from: Optional[Literal["float"]] = Field(
+        None, description="float: the float model teaches its quantized copy during QAT"
+    )
+    distill_temperature: float = Field(2.0, gt=0.0)
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class DistillStage(_Strict):
@@ -338,6 +356,9 @@ class Config(_Strict):
                     f"(available: {', '.join(AVAILABLE_STAGES) or 'none yet'}); remove it from stages"
                 )
         kinds = [stage_kind(item) for item in self.stages]
+        if "distill" in kinds and kinds.index("distill") != 0:
+            raise ValueError(f"stages[{kinds.index('distill')}].distill: distillation must be the first stage "
+                             "(it retrains the student's weights); move it before the others")
         if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
             raise ValueError(f"stages[{kinds.index('quantize')}].quantize: quantization-aware training must be "
                              "the last stage; move it after the others")

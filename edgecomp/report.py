@@ -131,6 +131,7 @@ def render(report: Report) -> str:
             f"| {stage.stage} | {stage.params:,} | {stage.nonzero_params:,} | {accuracy:.4f} | "
             f"{stage.seconds:.1f} | {len(stage.skipped)} |"
         )
+    lines += _distillation_lines(report.stages)
     skipped = [(stage.stage, item) for stage in report.stages for item in stage.skipped]
     if skipped:
         lines += ["", "Skipped layers:", ""]
@@ -260,3 +261,30 @@ def plot(report: Report, folder: Path) -> list[Path]:
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def _distillation_lines(stages: list[StageRecord]) -> list[str]:
+    """Teacher, student alone and distilled student, when a distill stage ran (Keras accuracy)."""
+    lines = []
+    for stage in stages:
+        if stage.stage == "distill":
+            details = stage.details
+            teacher, distilled = details["teacher"], details["distilled"]
+            lines += ["", "## Distillation", "", "| model | params | accuracy (Keras) | test errors |",
+                      "|---|---|---|---|",
+                      f"| teacher | {teacher['params']:,} | {teacher['accuracy']:.4f} | {teacher['test_errors']} |"]
+            alone = details.get("student_alone")
+            if alone:
+                lines.append(f"| student alone | {details['student']['params']:,} | {alone['accuracy']:.4f} | "
+                             f"{alone['test_errors']} |")
+            lines.append(f"| distilled student | {details['student']['params']:,} | {distilled['accuracy']:.4f} | "
+                         f"{distilled['test_errors']} |")
+            lines += ["", f"Student/teacher params {details['params_ratio']:.3f}×, T={details['temperature']:g}, "
+                          f"alpha={details['alpha']:g}, {details['epochs']} epochs"
+                      + (f"; {details['error_reduction'] * 100:.0f}% fewer test errors than the student alone."
+                         if details.get("error_reduction") is not None else ".")]
+        distill_from = stage.details.get("distill_from")
+        if stage.stage == "quantize" and distill_from:
+            lines += ["", f"QAT was distilled from the float model (T={distill_from['temperature']:g}, "
+                          f"alpha={distill_from['alpha']:g})."]
+    return lines

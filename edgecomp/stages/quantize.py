@@ -33,9 +33,10 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_quantize_scheme,
 )
 
+from edgecomp import models, training
 from edgecomp._keras import keras
 from edgecomp.config import QuantizeConfig
-from edgecomp.stages import common
+from edgecomp.stages import common, distill
 
 quantize_api = tfmot.quantization.keras
 combine = tfmot.experimental.combine
@@ -189,7 +190,19 @@ def wrap_model(model, previous: tuple[str, ...] = ()):
 
 def apply(model, params: QuantizeConfig, context):
     """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
+    teacher = models.copy(model) if params.distill_from == "float" and params.epochs > 0 else None
     quantized, scheme_name, annotated, skipped = wrap_model(model, context.previous)
-    common.finetune(quantized, context, params.epochs, params.learning_rate)
     details = {"scheme": scheme_name, "annotated_layers": annotated}
+    if teacher is None:
+        common.finetune(quantized, context, params.epochs, params.learning_rate)
+    else:
+        # The float model teaches its quantized copy (it is the same network, so only
+        # the soft targets differ from plain QAT).
+        distiller = distill.Distiller(quantized, teacher, temperature=params.distill_temperature,
+                                      alpha=params.distill_alpha)
+        details["distill_from"] = {
+            "teacher": "float", "temperature": params.distill_temperature, "alpha": params.distill_alpha,
+            "history": distill.fit(distiller, context, epochs=params.epochs, learning_rate=params.learning_rate),
+        }
+        training.compile_model(quantized, params.learning_rate)
     return quantized, common.record("quantize", quantized, context, skipped, details)
