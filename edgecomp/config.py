@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -37,7 +38,7 @@ STAGE_NAMES = ("distill", "low_rank", "prune", "cluster", "quantize")
 TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
-AVAILABLE_STAGES: tuple[str, ...] = ("distill", "prune", "cluster", "quantize")
+AVAILABLE_STAGES: tuple[str, ...] = ("distill", "low_rank", "prune", "cluster", "quantize")
 AVAILABLE_TARGETS = ("cpu", "micro")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
@@ -143,11 +144,36 @@ class DistillConfig(_Strict):
 
 
 class LowRankConfig(_Strict):
-    energy: Optional[float] = Field(None, gt=0.0, le=1.0)
-    rank_ratio: Optional[float] = Field(None, gt=0.0, le=1.0)
-    min_params: int = Field(4096, ge=0)
+    energy: Optional[float] = Field(None, gt=0.0, le=1.0, description="keep this share of Σ² (default 0.95)")
+    rank_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="rank = ratio × full rank")
+    rank_multiple: int = Field(8, ge=1, description="round ranks up to a multiple of this (SIMD-friendly)")
+    mode: Literal["channel", "spatial"] = Field(
+        "channel", description="channel: k×k C→r then 1×1 r→N; spatial (Conv2D): k×1 C→r then 1×k r→N"
+    )
+    min_params: int = Field(4096, ge=0, description="layers with fewer kernel weights are left as they are")
+    layers: tuple[str, ...] = Field((), description="regexes of layer names to consider (default: all)")
+    exclude: tuple[str, ...] = Field((), description="regexes of layer names to leave as they are")
+    sensitivity: bool = Field(False, description="choose ranks greedily by measured accuracy drop")
+    target_params_ratio: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="sensitivity: factorized layers' weights after/before"
+    )
     finetune_epochs: int = Field(5, ge=0)
     learning_rate: float = Field(0.0005, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_rank_rule(self):
+        rules = [key for key in ("energy", "rank_ratio", "target_params_ratio") if getattr(self, key) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"give one of energy, rank_ratio or target_params_ratio (got {' and '.join(rules)})")
+        if self.sensitivity != (self.target_params_ratio is not None):
+            raise ValueError("sensitivity: true needs target_params_ratio, and target_params_ratio needs "
+                             "sensitivity: true")
+        for pattern in (*self.layers, *self.exclude):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"layers/exclude: {pattern!r} is not a regular expression ({error})") from None
+        return self
 
 
 class PruneConfig(_Strict):
@@ -322,13 +348,30 @@ class BenchmarkConfig(_Strict):
     threads: tuple[Annotated[int, Field(ge=1)], ...] = (1,)
     timeout_s: float = Field(600.0, gt=0.0, description="per device and model")
     ssh_options: tuple[str, ...] = Field((), description="extra ssh/scp options, e.g. ['-i', '~/.ssh/pi_key']")
+    adb_binary: Optional[str] = Field(
+        None, description="adb:// devices: path here to TFLite's benchmark_model built for the phone's ABI "
+                          "(edgecomp cannot ship it)")
+    adb_delegate: Literal["xnnpack", "gpu", "nnapi", "none"] = Field(
+        "xnnpack", description="adb:// devices: the delegate benchmark_model is asked for; the report records the "
+                               "one it says it applied")
+    adb_cpu_mask: Optional[str] = Field(
+        None, pattern=r"^[0-9a-fA-F]{1,16}$",
+        description="adb:// devices: taskset CPU mask in hex, e.g. f0 for the big cores of many phones")
 
     @model_validator(mode="after")
     def _devices_known(self):
         for device in self.devices:
-            if device != "local" and not device.startswith("ssh://"):
+            if device.startswith("adb://"):
+                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", device[len("adb://"):]):
+                    raise ValueError(f"device {device!r}: expected adb://SERIAL with the serial `adb devices` "
+                                     "prints, e.g. adb://R58M123 or adb://192.168.1.5:5555")
+                if not self.adb_binary:
+                    raise ValueError(f"device {device!r} needs benchmark.adb_binary: the path to TFLite's "
+                                     "benchmark_model built for the phone")
+            elif device != "local" and not device.startswith("ssh://"):
                 raise ValueError(
-                    f"device {device!r} is not available in this version; allowed: local, ssh://user@host[:port]"
+                    f"device {device!r} is not available in this version; "
+                    "allowed: local, ssh://user@host[:port], adb://SERIAL"
                 )
         return self
 
@@ -359,6 +402,10 @@ class Config(_Strict):
         if "distill" in kinds and kinds.index("distill") != 0:
             raise ValueError(f"stages[{kinds.index('distill')}].distill: distillation must be the first stage "
                              "(it retrains the student's weights); move it before the others")
+        for later in ("prune", "cluster"):
+            if "low_rank" in kinds and later in kinds[:kinds.index("low_rank")]:
+                raise ValueError(f"stages[{kinds.index('low_rank')}].low_rank: low-rank rewriting replaces the "
+                                 f"kernels {later} produced; move it before {later}")
         if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
             raise ValueError(f"stages[{kinds.index('quantize')}].quantize: quantization-aware training must be "
                              "the last stage; move it after the others")

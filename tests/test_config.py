@@ -56,7 +56,7 @@ def test_defaults_fill_every_section():
         ({"stages": {"prune": {}}}, "stages: Input should be a list"),
         ({"data": {"source": "npz"}}, "data: path is required when source is 'npz'"),
         ({"data": {"source": "digits", "image_size": [8, 8]}}, "image_size is used only with source image_dir"),
-        ({"benchmark": {"devices": ["adb://x"]}}, "device 'adb://x' is not available"),
+        ({"benchmark": {"devices": ["usb://x"]}}, "device 'usb://x' is not available"),
         ({"name": "a/b"}, "name: String should match pattern"),
         ({"data": "digits"}, "data: Input should be a valid dictionary"),
     ],
@@ -69,9 +69,9 @@ def test_bad_config_names_key_and_allowed_values(raw, expected):
     assert "\n" not in message
 
 
-def test_unavailable_stage_says_so():
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.low_rank: this stage is not available"):
-        config.from_dict({"stages": [{"low_rank": {"energy": 0.9}}]})
+def test_unavailable_target_says_so():
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.gpu: this target is not available"):
+        config.from_dict({"targets": [{"gpu": {}}]})
 
 
 def test_missing_file_is_a_config_error(tmp_path):
