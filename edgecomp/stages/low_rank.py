@@ -145,6 +145,9 @@ def factorize(model, ranks: dict[str, int], mode: str = "channel"):
     factors, taken = {}, {layer.name for layer in model.layers}
     entries = []
     for entry in config["layers"]:
+        # Built by the functional call rather than from build_config, every layer creates its
+        # weights under its own name scope ("conv/kernel:0"): HDF5 checkpoints need unique names.
+        entry.pop("build_config", None)
         name = entry["config"]["name"]
         if name not in ranks:
             entries.append(entry)
@@ -181,8 +184,6 @@ def _all_layers(model):
 
 def _factor_entries(entry: dict, first_name: str, rank: int, mode: str, layer) -> tuple[dict, dict]:
     first, second = copy.deepcopy(entry), copy.deepcopy(entry)
-    for item in (first, second):
-        item.pop("build_config", None)
     first["config"].update(name=first_name, use_bias=False, activation="linear", activity_regularizer=None)
     first["name"] = first_name
     if "units" in entry["config"]:
