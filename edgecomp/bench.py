@@ -2,6 +2,7 @@
 
 Example:
     python -m edgecomp.bench --model models/quickstart/cpu/model.tflite --runs 200 --json out.json
+    python -m edgecomp.bench --model m.tflite --device adb://R58M123 --benchmark-binary android_aarch64_benchmark_model
 """
 
 import json
@@ -12,8 +13,12 @@ from edgecomp import cli, files
 from edgecomp.errors import ConfigError
 
 flags.DEFINE_string("model", None, "The .tflite file to run.")
-flags.DEFINE_string("device", "local", "local or ssh://user@host[:port][?python=/path/to/python3].")
+flags.DEFINE_string("device", "local", "local, ssh://user@host[:port][?python=/path/to/python3] or adb://SERIAL.")
 flags.DEFINE_multi_string("ssh_option", [], "Extra ssh/scp option, repeatable: --ssh_option=-i --ssh_option=~/.ssh/pi")
+flags.DEFINE_string("benchmark_binary", None, "adb:// only: TFLite's benchmark_model built for the phone.")
+flags.DEFINE_alias("benchmark-binary", "benchmark_binary")
+flags.DEFINE_enum("adb_delegate", "xnnpack", ["xnnpack", "gpu", "nnapi", "none"], "adb:// only: delegate to ask for.")
+flags.DEFINE_string("adb_cpu_mask", None, "adb:// only: taskset CPU mask in hex, e.g. f0.")
 flags.DEFINE_integer("runs", 100, "Timed invocations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 10, "Untimed invocations first.", lower_bound=0)
 flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
@@ -21,6 +26,10 @@ flags.DEFINE_bool("xnnpack", True, "Apply the XNNPACK delegate (--noxnnpack turn
 flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
 flags.DEFINE_float("timeout", 600.0, "Seconds before the benchmark is stopped.", lower_bound=1)
 FLAGS = flags.FLAGS
+
+
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def main(argv):
@@ -32,18 +41,23 @@ def main(argv):
     from edgecomp.devices import LocalDevice, open_device
 
     runtime.read_model(FLAGS.model)  # a clear error for a missing or non-TFLite file
-    device = open_device(FLAGS.device, ssh_options=FLAGS.ssh_option)
+    device = open_device(FLAGS.device, ssh_options=FLAGS.ssh_option, adb_binary=FLAGS.benchmark_binary,
+                         adb_delegate=FLAGS.adb_delegate, adb_cpu_mask=FLAGS.adb_cpu_mask)
     if not FLAGS.xnnpack:
         if FLAGS.device != "local":
-            raise ConfigError("--noxnnpack is supported on the local device only")
+            raise ConfigError("--noxnnpack is supported on the local device only (adb://: --adb_delegate=none)")
         device = LocalDevice(xnnpack=False)
     result = device.benchmark(FLAGS.model, runs=FLAGS.runs, warmup=FLAGS.warmup, threads=FLAGS.threads,
                               timeout_s=FLAGS.timeout)
     latency = result["latency_ms"]
     print(f"{FLAGS.model} on {result['device']} ({result['runtime']}, {result['delegate']}, "
           f"{result['threads']} thread(s), {result['runs']} runs)")
-    print("latency ms: " + "  ".join(f"{key} {latency[key]:.4f}" for key in ("mean", "std", "min", "p50", "p90", "p99", "max")))
-    print(f"init {result['init_ms']:.2f} ms  first {result['first_ms']:.3f} ms  peak RSS {result['peak_rss_mb']:.1f} MB")
+    print("latency ms: " + "  ".join(f"{key} {_number(latency[key], '.4f')}"
+                                     for key in ("mean", "std", "min", "p50", "p90", "p99", "max")))
+    print(f"init {_number(result['init_ms'], '.2f')} ms  first {_number(result['first_ms'], '.3f')} ms  "
+          f"peak RSS {_number(result['peak_rss_mb'], '.1f')} MB")
+    for field, reason in result.get("not_available", {}).items():
+        print(f"not available: {field}: {reason}")
     if FLAGS.json:
         files.write_text(FLAGS.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {FLAGS.json}")

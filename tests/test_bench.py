@@ -37,4 +37,23 @@ def test_model_the_runtime_cannot_load_is_a_device_error(tmp_path, converted):
 
 def test_unknown_device_spec_is_rejected():
     with pytest.raises(DeviceError, match="not supported; allowed: local"):
-        open_device("adb://123")
+        open_device("usb://123")
+
+
+def test_timing_loop_reads_the_clock_only_around_each_invoke():
+    from edgecomp.devices import agent
+
+    now = [0.0]
+    calls = []
+
+    def clock():
+        now[0] += 1.0  # every clock read costs one tick
+        return now[0]
+
+    def invoke():
+        calls.append(now[0])
+        now[0] += 10.0
+
+    latencies = agent.time_invokes(invoke, 5, clock=clock)
+    # Each latency is the invoke plus exactly one clock read: nothing else sits in between.
+    assert latencies == [11.0] * 5 and len(calls) == 5

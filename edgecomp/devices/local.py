@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from edgecomp.errors import DeviceError
+from edgecomp.progress import Ticker
 
 AGENT = Path(__file__).with_name("agent.py")
 
@@ -66,7 +67,8 @@ class LocalDevice:
                 np.save(inputs_path, np.asarray(inputs, dtype=np.float32))
                 command += ["--inputs", inputs_path]
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+                with Ticker(f"benchmarking {Path(model_path).name} on {self.name} ({runs} runs)"):
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
             except subprocess.TimeoutExpired:
                 raise DeviceError(
                     f"local benchmark of {model_path} did not finish in {timeout_s:.0f} s; "

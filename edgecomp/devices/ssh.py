@@ -29,6 +29,7 @@ import numpy as np
 
 from edgecomp.devices.local import AGENT
 from edgecomp.errors import DeviceError
+from edgecomp.progress import Ticker
 
 EXIT_NO_RUNTIME = 3
 EXIT_BAD_MODEL = 4
@@ -126,7 +127,8 @@ class SshDevice:
                 sources.append(inputs_path)
                 arguments += ["--inputs", f"{folder}/inputs.npy"]
             self._scp(sources, folder)
-        done = self._ssh(self.python, f"{folder}/{AGENT.name}", *arguments, timeout=timeout_s)
+        with Ticker(f"{self.name}: benchmarking {model_path.name} ({runs} runs)"):
+            done = self._ssh(self.python, f"{folder}/{AGENT.name}", *arguments, timeout=timeout_s)
         if done.returncode == EXIT_NO_RUNTIME:
             raise DeviceError(
                 f"{self.name}: no TFLite runtime for {self.python} on the device; install one there: "
