@@ -11,7 +11,7 @@ Example:
 
 from edgecomp.config import Config
 from edgecomp.config import load as load_config
-from edgecomp.errors import ConfigError, DataError, DeviceError, EdgecompError, ModelError, TargetError
+from edgecomp.errors import ConfigError, DataError, DeviceError, EdgecompError, ModelError, OutputError, TargetError
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "DeviceError",
     "EdgecompError",
     "ModelError",
+    "OutputError",
     "TargetError",
     "keras",
     "load_config",

@@ -1,7 +1,9 @@
 """What the two command-line tools share: flag parsing and error reporting.
 
 User mistakes (``EdgecompError`` and flag errors) become one line on stderr,
-``error: ...``, and exit status 2; never a traceback.
+``error: ...``, and exit status 2; never a traceback. So does a full or read-only
+disk, whichever library was writing (TensorFlow's event writer raises its own
+error types): ``files.disk_error`` recognises it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from edgecomp import files
 from edgecomp.errors import EdgecompError
 
 EXIT_USAGE = 2
@@ -42,5 +45,11 @@ def run_main(main) -> None:
         except KeyboardInterrupt:
             print("error: interrupted; run again with --resume to continue", file=sys.stderr)
             sys.exit(130)
+        except Exception as error:  # noqa: BLE001 - only disk errors are turned into one line
+            disk = files.disk_error(error)
+            if disk is None:
+                raise
+            print(f"error: {disk}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -28,3 +28,7 @@ class TargetError(EdgecompError):
 
 class DeviceError(EdgecompError):
     """A benchmark device cannot be reached or cannot run the model."""
+
+
+class OutputError(EdgecompError):
+    """An output file or folder cannot be written: not writable, read-only, or the disk is full."""

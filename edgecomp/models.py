@@ -168,6 +168,23 @@ def copy(model):
     return clone
 
 
+def to_h5_bytes(model) -> bytes:
+    """The model as an HDF5 file (tf_keras ``model.save`` format ``h5``), built in memory.
+
+    Checkpoints go to disk through ``files.write_dir`` like every other artifact: h5py
+    writing straight to a disk that fills up raised ``RuntimeError: Can't destroy
+    cache`` and then crashed the process at exit (seen with a 64 KB tmpfs).
+    """
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        model.save(handle, save_format="h5")
+    return buffer.getvalue()
+
+
 def count_params(model) -> int:
     """Number of weights, trainable and not."""
     return int(sum(np.prod(w.shape) for w in model.weights))

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from edgecomp import data, files, models, runtime, stages, training
 from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
-from edgecomp.devices import open_device
+from edgecomp.devices import open_configured
 from edgecomp.errors import DeviceError, EdgecompError, ModelError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
@@ -251,7 +250,7 @@ def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord
     results = []
     for spec in cfg.benchmark.devices:
         try:
-            device = open_device(spec, ssh_options=cfg.benchmark.ssh_options)
+            device = open_configured(spec, cfg.benchmark)
         except DeviceError as error:
             raise EdgecompError(f"benchmark.devices: {error}") from None
         for threads in cfg.benchmark.threads:
@@ -263,7 +262,9 @@ def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord
                 log.error("%s: %s", record.target, error)
                 record.skipped.append({"layer": f"benchmark {spec}", "reason": str(error)})
                 continue
-            log.info("%s: p50 %.4f ms on %s (%s)", record.target, result["latency_ms"]["p50"], spec, result["delegate"])
+            latency = result["latency_ms"]
+            which = "p50" if latency.get("p50") is not None else "mean"
+            log.info("%s: %s %.4f ms on %s (%s)", record.target, which, latency[which], spec, result["delegate"])
             results.append(result)
     return results
 
@@ -316,13 +317,9 @@ class Checkpoints:
 
     def save(self, index: int, kind: str, model, record: StageRecord) -> None:
         """Saves atomically: a temporary folder renamed into place when complete."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{index:02d}_{kind}.", dir=self.folder))
-        try:
-            model.save(temp / CHECKPOINT_FILE)
-            payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
-            (temp / "record.json").write_text(json.dumps(payload, indent=2, default=float))
-            files.replace_dir(temp, self._dir(index, kind))
-        except OSError as error:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise EdgecompError(f"cannot write checkpoint {self._dir(index, kind)}: {error}") from None
+        payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
+        # The HDF5 file is built in memory: h5py crashes the process when its disk fills up.
+        files.write_dir(self._dir(index, kind), {
+            CHECKPOINT_FILE: models.to_h5_bytes(model),
+            "record.json": json.dumps(payload, indent=2, default=float).encode(),
+        })

@@ -10,10 +10,13 @@ latency, and the latency of every variant. Everything a report says about a
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Optional
+
+from edgecomp import files
 
 
 @dataclasses.dataclass
@@ -84,13 +87,18 @@ def _json_default(value):
 def _p50(record: TargetRecord) -> Optional[float]:
     if not record.benchmarks:
         return None
-    return record.benchmarks[0]["latency_ms"]["p50"]
+    return record.benchmarks[0]["latency_ms"].get("p50")
 
 
 def _ratio(value, reference) -> str:
     if value is None or reference in (None, 0):
         return "–"
     return f"{value / reference:.3f}×"
+
+
+def _figure(value, spec: str, unit: str = "") -> str:
+    """``value`` formatted, or ``n/a`` when the device did not report it (adb: p90, p99, peak RSS)."""
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
 def _kb(size: int) -> str:
@@ -161,8 +169,10 @@ def render(report: Report) -> str:
             latency = bench["latency_ms"]
             lines.append(
                 f"| {label} | {bench['device']} | {bench['threads']} | {bench['runs']} | {bench['delegate']} | "
-                f"{latency['mean']:.4f} | {latency['p50']:.4f} | {latency['p90']:.4f} | {latency['p99']:.4f} | "
-                f"{bench['init_ms']:.2f} | {bench['first_ms']:.3f} | {bench['peak_rss_mb']:.0f} MB |"
+                f"{_figure(latency['mean'], '.4f')} | {_figure(latency.get('p50'), '.4f')} | "
+                f"{_figure(latency.get('p90'), '.4f')} | {_figure(latency.get('p99'), '.4f')} | "
+                f"{_figure(bench.get('init_ms'), '.2f')} | {_figure(bench.get('first_ms'), '.3f')} | "
+                f"{_figure(bench.get('peak_rss_mb'), '.0f', ' MB')} |"
             )
     guarded = [r for r in report.targets if r.accuracy_guard]
     if guarded:
@@ -199,7 +209,6 @@ def plot(report: Report, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker
 
-    folder.mkdir(parents=True, exist_ok=True)
     records = ([report.reference] if report.reference else []) + report.targets
     labels = ["reference float32" if r is report.reference else f"{r.target} {r.quantization}" for r in records]
     paths = []
@@ -224,7 +233,7 @@ def plot(report: Report, folder: Path) -> list[Path]:
     axes.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     figure.tight_layout()
     path = folder / "accuracy_vs_size.png"
-    figure.savefig(path, dpi=120)
+    _save(figure, path)
     plt.close(figure)
     paths.append(path)
 
@@ -238,7 +247,7 @@ def plot(report: Report, folder: Path) -> list[Path]:
             axes.tick_params(axis="y", labelsize=7)
             figure.tight_layout()
             path = folder / f"quantization_error_{record.target}.png"
-            figure.savefig(path, dpi=120)
+            _save(figure, path)
             plt.close(figure)
             paths.append(path)
 
@@ -249,7 +258,9 @@ def plot(report: Report, folder: Path) -> list[Path]:
         for record, label in benchmarked:
             for bench in record.benchmarks:
                 names.append(f"{label}\n{bench['device']}, {bench['threads']} thr")
-                samples.append(bench.get("latency_samples_ms") or [bench["latency_ms"]["p50"]])
+                latency = bench["latency_ms"]
+                samples.append(bench.get("latency_samples_ms")
+                               or [latency["p50"] if latency.get("p50") is not None else latency["mean"]])
         axes.boxplot(samples, vert=False, showfliers=False)
         axes.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         axes.set_xlabel("latency per inference (ms)")
@@ -257,7 +268,7 @@ def plot(report: Report, folder: Path) -> list[Path]:
         axes.grid(True, axis="x", alpha=0.3)
         figure.tight_layout()
         path = folder / "latency.png"
-        figure.savefig(path, dpi=120)
+        _save(figure, path)
         plt.close(figure)
         paths.append(path)
     return paths
@@ -288,3 +299,10 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
             lines += ["", f"QAT was distilled from the float model (T={distill_from['temperature']:g}, "
                           f"alpha={distill_from['alpha']:g})."]
     return lines
+
+
+def _save(figure, path: Path) -> None:
+    """Renders a PNG in memory and writes it atomically (no half-written picture on a full disk)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, format="png")
+    files.write_bytes(path, buffer.getvalue())

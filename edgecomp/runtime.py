@@ -3,7 +3,13 @@
 Evaluation runs the ``.tflite`` file itself on the test split: inputs are quantized
 with the file's own scale/zero-point when its input is integer, outputs are
 dequantized, and batches are formed by resizing the input where the model allows
-it (one sample at a time otherwise).
+it (one sample at a time otherwise). The split is read one batch at a time (a
+memory-mapped array stays on disk) and only the count of right answers is kept.
+
+No bytes reach an interpreter in this process before ``check_model`` has passed
+them: a structural check of the flatbuffer (``edgecomp.flatbuffer``), then one
+load-and-run in a child process (``runtime_probe.py``), because a corrupt model can
+crash a TFLite runtime rather than raise. Each distinct model is probed once per process.
 
 Example:
     >>> from edgecomp import runtime
@@ -13,14 +19,25 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
-from edgecomp.errors import ModelError
+from edgecomp import flatbuffer
+from edgecomp.errors import DataError, ModelError
 
-TFLITE_IDENTIFIER = b"TFL3"
+TFLITE_IDENTIFIER = flatbuffer.IDENTIFIER
+PROBE = Path(__file__).with_name("runtime_probe.py")
+PROBE_TIMEOUT_S = 300.0
+PROBE_EXIT_REFUSED = 3
+_PROBED_LIMIT = 4096
+# sha256 of each model probed in a child process → None (it loads and runs) or why not.
+_probed: dict[bytes, Optional[str]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,29 +70,73 @@ def interpreter_class():
 
 
 def check_flatbuffer(content: bytes, where: str = "model") -> None:
-    """Cheap structural checks before bytes reach an interpreter.
+    """Cheap structural checks before bytes reach an interpreter (``edgecomp.flatbuffer.check``).
 
     Raises:
-        ModelError: the bytes are too short or lack the ``TFL3`` identifier.
+        ModelError: the bytes are too short, lack the ``TFL3`` identifier, or an
+            offset, vector or index in the flatbuffer points outside the file.
     """
-    if len(content) < 16:
-        raise ModelError(f"{where} is not a TFLite model: only {len(content)} bytes")
-    if content[4:8] != TFLITE_IDENTIFIER:
-        raise ModelError(
-            f"{where} is not a TFLite model: file identifier {content[4:8]!r}, expected {TFLITE_IDENTIFIER!r}"
-        )
-    root = int.from_bytes(content[:4], "little")
-    if root >= len(content):
-        raise ModelError(f"{where} is not a valid TFLite model: root offset {root} beyond {len(content)} bytes")
+    flatbuffer.check(content, where)
+
+
+def check_model(content: bytes, where: str = "model") -> None:
+    """Proves ``content`` is a model this process can load and run without crashing.
+
+    The structural check first; then, once per distinct model, the interpreter loads
+    it and runs one inference in a child process (``runtime_probe.py``), with and
+    without the default delegate. A crash there (a segfault on a corrupt file) is a
+    ``ModelError``, not the end of this process.
+
+    Raises:
+        ModelError: the bytes are not a valid model, the interpreter refuses them,
+            or the interpreter crashed or hung loading and running them.
+    """
+    flatbuffer.check(content, where)
+    digest = hashlib.sha256(content).digest()
+    if digest not in _probed:
+        if len(_probed) >= _PROBED_LIMIT:
+            _probed.clear()
+        _probed[digest] = _probe(content)
+    if _probed[digest] is not None:
+        raise ModelError(f"{where}: {_probed[digest]}")
+
+
+def _probe(content: bytes) -> Optional[str]:
+    """None when the child process loaded and ran the model, else why it did not."""
+    try:
+        done = subprocess.run([sys.executable, str(PROBE)], input=content, capture_output=True,
+                              timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return f"the interpreter did not load and run it in {PROBE_TIMEOUT_S:.0f} s; the file is corrupt or huge"
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return (f"the TFLite runtime crashed ({name}) loading and running it once in a child process; "
+                "the file is corrupt (re-create it with edgecomp.train) or uses what this runtime cannot run")
+    if done.returncode != 0:
+        lines = done.stderr.decode("utf-8", "replace").splitlines()
+        reasons = [line[len("refused: "):] for line in lines if line.startswith("refused: ")]
+        reason = reasons[-1] if reasons else (lines[-1] if lines else f"exit status {done.returncode}")
+        return f"the interpreter cannot load it: {reason.strip()}"
+    return None
 
 
 def read_model(path: str | Path) -> bytes:
-    """Reads and structurally checks a ``.tflite`` file."""
+    """Reads a ``.tflite`` file and proves it loads and runs (``check_model``).
+
+    Raises:
+        ModelError: no such file, or the file is not a model this runtime can run.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{str(path)!r} does not exist or is not a file")
-    content = path.read_bytes()
-    check_flatbuffer(content, str(path))
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read it: {error.strerror or error}") from None
+    check_model(content, str(path))
     return content
 
 
@@ -90,9 +151,9 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
             the model's own ops rather than the delegate's replacement nodes.
 
     Raises:
-        ModelError: the interpreter rejects the model.
+        ModelError: the model fails ``check_model`` or the interpreter rejects it.
     """
-    check_flatbuffer(content, where)
+    check_model(content, where)
     interpreter_type, _ = interpreter_class()
     try:
         kwargs = {}
@@ -144,6 +205,13 @@ def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: in
     Batches by resizing the input's first dimension; falls back to one sample at a
     time when the model's input has a fixed batch of 1 or resizing fails.
     """
+    outputs = list(iter_predict(content, x, batch_size, num_threads, where, delegates))
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+def iter_predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: int = 1, where: str = "model",
+                 delegates: bool = True) -> Iterator[np.ndarray]:
+    """Like ``predict``, one batch of outputs at a time; ``x`` is read one batch at a time."""
     interpreter = make_interpreter(content, num_threads, where, delegates)
     input_detail = interpreter.get_input_details()[0]
     signature = input_detail.get("shape_signature", input_detail["shape"])
@@ -151,7 +219,6 @@ def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: in
     if tuple(x.shape[1:]) != expected:
         raise ModelError(f"{where} expects samples of shape {expected}, the data has {tuple(x.shape[1:])}")
     batch = batch_size if len(signature) and signature[0] == -1 else 1
-    outputs = []
     current = None
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch]
@@ -159,36 +226,55 @@ def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: in
             try:
                 interpreter.resize_tensor_input(input_detail["index"], [len(chunk), *expected])
                 interpreter.allocate_tensors()
-            except (ValueError, RuntimeError):
+            except (ValueError, RuntimeError) as error:
                 if batch == 1:
-                    raise
-                return predict_one_by_one(content, x, num_threads, where)
+                    raise ModelError(f"{where}: the interpreter cannot take one sample: {error}") from None
+                yield from _iter_one_by_one(content, x[start:], num_threads, where, delegates)
+                return
             current = len(chunk)
             input_detail = interpreter.get_input_details()[0]
         interpreter.set_tensor(input_detail["index"], quantize_input(chunk, input_detail))
         interpreter.invoke()
         output_detail = interpreter.get_output_details()[0]
-        outputs.append(dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail))
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        yield dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail)
 
 
-def predict_one_by_one(content: bytes, x: np.ndarray, num_threads: int = 1, where: str = "model"):
+def predict_one_by_one(content: bytes, x: np.ndarray, num_threads: int = 1, where: str = "model",
+                       delegates: bool = True):
     """Like ``predict`` with batch 1 and no resizing (for fixed-shape models)."""
-    interpreter = make_interpreter(content, num_threads, where)
+    return np.concatenate(list(_iter_one_by_one(content, x, num_threads, where, delegates)))
+
+
+def _iter_one_by_one(content: bytes, x: np.ndarray, num_threads: int = 1, where: str = "model",
+                     delegates: bool = True) -> Iterator[np.ndarray]:
+    interpreter = make_interpreter(content, num_threads, where, delegates)
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
-    outputs = []
     for sample in x:
         interpreter.set_tensor(input_detail["index"], quantize_input(sample[np.newaxis], input_detail))
         interpreter.invoke()
-        outputs.append(dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail))
-    return np.concatenate(outputs)
+        yield dequantize_output(interpreter.get_tensor(output_detail["index"]), output_detail)
 
 
 def evaluate(content: bytes, x: np.ndarray, y: np.ndarray, where: str = "model", batch_size: int = 64) -> dict:
-    """Runs the model on ``(x, y)`` and returns ``{"accuracy": ..., "samples": ...}``."""
-    outputs = predict(content, x, batch_size=batch_size, where=where)
-    return {"accuracy": float((outputs.argmax(axis=-1) == y).mean()), "samples": int(len(y))}
+    """Runs the model on ``(x, y)`` and returns ``{"accuracy": ..., "samples": ...}``.
+
+    Streams: ``x`` is read one batch at a time and only the count of right answers
+    is kept, so a memory-mapped test split is never copied whole.
+
+    Raises:
+        DataError: ``x`` and ``y`` differ in length or are empty.
+        ModelError: the model fails ``check_model`` or does not take ``x``'s samples.
+    """
+    if len(x) != len(y):
+        raise DataError(f"{where}: {len(x)} test samples but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{where}: the test split is empty; nothing to measure accuracy on")
+    correct = seen = 0
+    for outputs in iter_predict(content, x, batch_size=batch_size, where=where):
+        correct += int(np.count_nonzero(outputs.argmax(axis=-1) == y[seen : seen + len(outputs)]))
+        seen += len(outputs)
+    return {"accuracy": correct / seen, "samples": int(len(y))}
 
 
 def io_details(content: bytes) -> dict:

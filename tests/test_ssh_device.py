@@ -104,3 +104,24 @@ def test_unknown_host_key_is_not_trusted_by_default(server, model_file, tmp_path
 def test_bad_ssh_specs_are_explained(spec, expected):
     with pytest.raises(DeviceError, match=expected):
         SshDevice.from_spec(spec)
+
+
+def test_shell_metacharacters_in_paths_and_specs_never_run_as_commands(server, tmp_path, converted):
+    # The "device" is this machine: its python (sys.executable) has numpy and LiteRT.
+    import sys
+    import uuid
+
+    canary = f"edgecomp-canary-{uuid.uuid4().hex[:8]}"
+    places = [Path.home() / canary, Path("/tmp") / canary, Path.cwd() / canary, tmp_path / canary]
+    model = tmp_path / f"m; touch {canary}; $(touch {canary}) `touch {canary}` 'q' \"d\" & | > .tflite"
+    model.write_bytes(converted("int8"))
+    before = remote_folders()
+    result = device(server, sys.executable).benchmark(model, runs=3, warmup=0)
+    assert result["runs"] == 3 and result["device"].startswith("ssh://root@127.0.0.1")
+    with pytest.raises(DeviceError, match="not found on the device"):
+        device(server, f"python3; touch {canary}").benchmark(model, runs=1, warmup=0)
+    with pytest.raises(DeviceError, match="cannot log in"):
+        open_device(f"ssh://root@$(touch {canary}):{server.port}", ssh_options=server.options).benchmark(
+            model, runs=1, warmup=0)
+    assert not [place for place in places if place.exists()]
+    assert remote_folders() == before

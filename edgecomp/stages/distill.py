@@ -80,8 +80,7 @@ class Distiller(keras.Model):
     def __init__(self, student, teacher, *, temperature: float = 4.0, alpha: float = 0.1, features=(), **kwargs):
         super().__init__(**kwargs)
         self.student = student
-        self.teacher = teacher
-        self.teacher.trainable = False
+        self.teacher = teacher  # never in the gradient list, always called with training=False; left as given
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.student_from_logits = not models.ends_with_softmax(student)

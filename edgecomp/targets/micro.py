@@ -117,6 +117,7 @@ def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test
     x = x_test[: params.test_samples] if params.test_samples else x_test
     y = y_test[: params.test_samples] if params.test_samples else y_test
     try:
+        runtime.check_model(content)  # a corrupt file is refused at once, not after 15 arena probes
         arena = find_arena(content, x[0])
     except ModelError as error:
         return {"ok": False, "details": {"rules": [_rule("loads_in_tflm", False, str(error))]}}, {}
