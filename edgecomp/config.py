@@ -56,9 +56,11 @@ class DataConfig(_Strict):
     source: Literal["digits", "mnist1d", "npz", "image_dir", "synthetic"] = "digits"
     path: Optional[str] = Field(None, description="npz file or image_dir folder")
     image_size: Optional[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = Field(
-        None, description="image_dir and synthetic: [height, width]"
+        None, description="image_dir (required), synthetic and digits (bilinear upsampling): [height, width]"
     )
-    channels: Optional[Literal[1, 3]] = Field(None, description="image_dir and synthetic: 1 or 3")
+    channels: Optional[Literal[1, 3]] = Field(
+        None, description="image_dir, synthetic and digits: 1 or 3 (digits: the gray image replicated)"
+    )
     num_classes: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="synthetic only")
     samples: Optional[Annotated[int, Field(ge=20)]] = Field(None, description="synthetic only")
     validation_split: float = Field(0.1, ge=0.0, lt=1.0)
@@ -74,8 +76,8 @@ class DataConfig(_Strict):
             raise ValueError(f"path is required when source is {self.source!r}")
         if self.source not in ("npz", "image_dir") and self.path:
             raise ValueError(f"path is used only with source npz or image_dir, not {self.source!r}")
-        if self.image_size is not None and self.source not in ("image_dir", "synthetic"):
-            raise ValueError("image_size is used only with source image_dir or synthetic")
+        if self.image_size is not None and self.source not in ("image_dir", "synthetic", "digits"):
+            raise ValueError("image_size is used only with source image_dir, synthetic or digits")
         if self.source == "image_dir" and self.image_size is None:
             raise ValueError("image_size is required when source is 'image_dir', e.g. [96, 96]")
         for key in ("num_classes", "samples"):
@@ -177,18 +179,29 @@ class LowRankConfig(_Strict):
 
 
 class PruneConfig(_Strict):
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    """Magnitude pruning: zeroed weights (unstructured, 2:4) or removed channels (filters)."""
+
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="share of weights (or, for filters, of channels) removed")
     schedule: Literal["polynomial", "constant"] = "polynomial"
-    structure: Literal["unstructured", "2:4", "filters"] = "unstructured"
-    epochs: int = Field(10, ge=1, description="fine-tuning epochs; pruning happens during them")
+    structure: Literal["unstructured", "2:4", "filters"] = Field(
+        "unstructured", description="unstructured | 2:4 (zeroed weights) | filters (whole channels removed)"
+    )
+    epochs: int = Field(10, ge=0, description="fine-tuning epochs; unstructured/2:4 prune during them (≥ 1)")
     learning_rate: float = Field(0.0005, gt=0.0)
     ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
+    criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="filters: remove sparsity of each layer's channels, or rank all channels together"
+    )
+    round_to: int = Field(8, ge=1, description="filters: kept channels are a multiple of this (SIMD-friendly)")
 
     @model_validator(mode="after")
-    def _structure_available(self):
-        if self.structure == "filters":
-            raise ValueError("structure 'filters' (channel pruning) is not available in this version; "
-                             "allowed: unstructured, 2:4")
+    def _epochs_for_structure(self):
+        if self.structure != "filters" and self.epochs < 1:
+            raise ValueError(
+                f"epochs: {self.structure} pruning happens while fine-tuning, so epochs must be at least 1 "
+                f"(got {self.epochs}); epochs 0 is allowed only with structure 'filters'"
+            )
         return self
 
 

@@ -3,7 +3,10 @@
 Sources (``data.source``):
 
 - ``digits``: scikit-learn's 8x8 handwritten digits (1,797 real images, bundled
-  with scikit-learn, nothing downloaded), scaled to [0, 1], shape (8, 8, 1).
+  with scikit-learn, nothing downloaded), scaled to [0, 1], shape (8, 8, 1);
+  ``image_size`` upsamples them (bilinear, e.g. to 48x48) and ``channels: 3``
+  replicates the gray image into three channels, so image architectures
+  (resnet8, mobilenet_v2) train on real digits offline.
 - ``mnist1d``: MNIST-1D generated locally by the ``mnist1d`` package (4,000
   train / 1,000 test signals of length 40), shape (40, 1).
 - ``npz``: a file with ``x_train, y_train, x_test, y_test`` and optionally
@@ -110,11 +113,25 @@ def _digits(cfg: DataConfig, seed: int) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[..., np.newaxis]
+    x = _resize_gray(bunch.images.astype(np.float32) / 16.0, cfg.image_size)[..., np.newaxis]
+    if (cfg.channels or 1) == 3:
+        x = np.repeat(x, 3, axis=-1)
     y = bunch.target.astype(np.int64)
     x_rest, y_rest, x_test, y_test = _split(x, y, cfg.test_split, seed)
     x_train, y_train, x_val, y_val = _split(x_rest, y_rest, cfg.validation_split, seed + 1)
     return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))))
+
+
+def _resize_gray(images: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize of gray float images ``(n, h, w)`` to ``size`` (``None`` keeps them), clipped to [0, 1]."""
+    if size is None or tuple(size) == images.shape[1:3]:
+        return images
+    from PIL import Image
+
+    height, width = size
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
+               for image in images]
+    return np.clip(np.stack(resized).astype(np.float32), 0.0, 1.0)
 
 
 def _mnist1d(cfg: DataConfig, seed: int) -> Dataset:
@@ -177,7 +194,7 @@ def _xy(arrays: dict, split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: x_{split} must have a sample dimension and at least one feature, got shape {x.shape}")
     if len(y) and (y.min() < 0 or not np.all(np.equal(np.mod(y, 1), 0))):
         raise DataError(f"{path}: y_{split} must hold class indices 0..N-1 (or one-hot rows)")
-    return x.astype(np.float32), y.astype(np.int64)
+    return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
 
 
 def _image_dir(cfg: DataConfig, seed: int) -> Dataset:

@@ -97,7 +97,9 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         else:
             model = loaded
         report.stages.append(record)
-        previous.append(kind)
+        # Filter pruning removes channels and leaves no zeros for a later stage to preserve.
+        zeroes_weights = kind != "prune" or stage_params(item).structure != "filters"
+        previous.append(kind if zeroes_weights else "prune_filters")
 
     expect = _expectations(report.stages)
     for item in cfg.targets:

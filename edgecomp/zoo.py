@@ -128,23 +128,36 @@ def resnet8(input_shape=(32, 32, 3), num_classes=10, filters: int = 16):
     return keras.Model(inputs, outputs, name="resnet8")
 
 
-def mobilenet_v2(input_shape=(96, 96, 3), num_classes=10, alpha: float = 0.35):
+def mobilenet_v2(input_shape=(96, 96, 3), num_classes=10, alpha: float = 0.35, bn_momentum: float = 0.9):
     """keras.applications MobileNetV2 with random weights and a logits head.
 
     Args:
         input_shape: (height, width, channels); height and width ≥ 32.
         num_classes: number of logits.
         alpha: width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4 as in the paper).
+        bn_momentum: momentum of every BatchNormalization's moving statistics.
+            keras.applications uses 0.999, made for ImageNet's thousands of steps
+            per epoch: trained from scratch on a small dataset (digits: ~40 steps per
+            epoch) the moving statistics lag the fast-changing weights and the model
+            stays at chance accuracy in inference mode. Measured on digits at 64x64,
+            alpha 0.5, after 2 epochs: validation accuracy 0.098 at 0.999 and at 0.99
+            (training-mode accuracy 0.88), 0.881 at 0.9.
     """
     if len(input_shape) != 3 or min(input_shape[:2]) < 32:
         raise ConfigError(
             f"model.zoo mobilenet_v2 needs images of at least 32x32, got input shape {tuple(input_shape)}; "
-            "use data.source image_dir/synthetic with image_size ≥ [32, 32]"
+            "use data.source digits, image_dir or synthetic with image_size ≥ [32, 32]"
         )
-    return keras.applications.MobileNetV2(
+    if not 0.0 < bn_momentum < 1.0:
+        raise ConfigError(f"model.args.bn_momentum must be between 0 and 1 (exclusive), got {bn_momentum}")
+    model = keras.applications.MobileNetV2(
         input_shape=tuple(input_shape), alpha=alpha, weights=None, classes=num_classes,
         classifier_activation=None, include_top=True,
     )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    return model
 
 
 ARCHITECTURES = {

@@ -55,7 +55,7 @@ def test_defaults_fill_every_section():
         ({"stages": [{"shrink": {}}]}, "stages[0]: expected a map with exactly one key, one of: distill"),
         ({"stages": {"prune": {}}}, "stages: Input should be a list"),
         ({"data": {"source": "npz"}}, "data: path is required when source is 'npz'"),
-        ({"data": {"source": "digits", "image_size": [8, 8]}}, "image_size is used only with source image_dir"),
+        ({"data": {"source": "mnist1d", "image_size": [8, 8]}}, "image_size is used only with source image_dir"),
         ({"benchmark": {"devices": ["usb://x"]}}, "device 'usb://x' is not available"),
         ({"name": "a/b"}, "name: String should match pattern"),
         ({"data": "digits"}, "data: Input should be a valid dictionary"),

@@ -24,6 +24,18 @@ def test_splits_are_deterministic_per_seed():
     assert not np.array_equal(a.y_train, c.y_train)
 
 
+def test_digits_upsample_to_image_size_and_replicate_to_three_channels():
+    small = data.load(config.DataConfig(source="digits"), seed=0)
+    big = data.load(config.DataConfig(source="digits", image_size=(32, 48), channels=3), seed=0)
+    assert big.input_shape == (32, 48, 3) and big.x_train.dtype == np.float32
+    assert np.array_equal(big.y_train, small.y_train) and np.array_equal(big.y_test, small.y_test)  # same split
+    assert np.array_equal(big.x_train[..., 0], big.x_train[..., 2])                                 # gray × 3
+    assert 0.0 <= big.x_train.min() and big.x_train.max() <= 1.0
+    # Bilinear upsampling keeps the picture: block means come back close to the 8x8 pixels.
+    blocks = big.x_test[..., 0].reshape(len(big.x_test), 8, 4, 8, 6).mean(axis=(2, 4))
+    assert np.abs(blocks - small.x_test[..., 0]).mean() < 0.1
+
+
 def test_mnist1d_is_generated_locally_with_its_test_split():
     ds = data.load(config.DataConfig(source="mnist1d"), seed=0)
     assert ds.input_shape == (40, 1)

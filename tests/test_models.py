@@ -36,6 +36,16 @@ def test_mobilenet_on_tiny_images_explains_the_fix():
         zoo.build("mobilenet_v2", (8, 8, 1), 10)
 
 
+def test_mobilenet_batch_norm_momentum_suits_training_from_scratch():
+    model = zoo.build("mobilenet_v2", (32, 32, 3), 5, {"alpha": 0.35})
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    rebuilt = keras.Model.from_config(model.get_config())
+    assert {layer.momentum for layer in rebuilt.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    with pytest.raises(ConfigError, match="model.args.bn_momentum must be between 0 and 1"):
+        zoo.build("mobilenet_v2", (32, 32, 3), 5, {"bn_momentum": 1.0})
+
+
 def test_builder_gets_shapes_from_data_and_keeps_softmax_head():
     spec = config.ModelSpec(builder="tests.custom_models:two_branch", args={"width": 3})
     model = models.build(spec, (6, 6, 1), 4)

@@ -132,11 +132,6 @@ def test_quantize_must_be_the_last_stage():
         config.from_dict({"stages": [{"quantize": {}}, {"prune": {}}]})
 
 
-def test_filter_pruning_is_refused_until_it_exists():
-    with pytest.raises(ConfigError, match="structure 'filters' .* not available"):
-        config.from_dict({"stages": [{"prune": {"structure": "filters"}}]})
-
-
 def test_depthwise_kernels_tfmot_cannot_prune_are_reported_and_the_file_check_accounts_for_them(tiny_dataset,
                                                                                                   context):
     from edgecomp import zoo

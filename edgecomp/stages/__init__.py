@@ -33,7 +33,8 @@ class StageContext:
         config: the whole run config.
         dataset: the data (train/val for fine-tuning, test for the record).
         log_dir: TensorBoard folder for this stage.
-        previous: kinds of the stages that ran before, in order (e.g. ``("prune",)``).
+        previous: kinds of the stages that ran before, in order (e.g. ``("prune",)``); filter pruning
+            is ``"prune_filters"`` (it leaves no zeros for QAT or clustering to preserve).
     """
 
     config: Config

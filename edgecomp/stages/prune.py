@@ -2,7 +2,8 @@
 
 ``structure: unstructured`` zeroes the smallest weights of each prunable layer up to
 ``sparsity``; ``structure: 2:4`` keeps the 2 largest of every 4 consecutive input
-weights (tfmot's m-by-n sparsity; ``sparsity`` is then 0.5 by construction).
+weights (tfmot's m-by-n sparsity; ``sparsity`` is then 0.5 by construction);
+``structure: filters`` removes whole channels instead (see ``edgecomp.stages.filters``).
 ``schedule: polynomial`` ramps from 0 to ``sparsity`` over the first
 ``ramp_share`` of the fine-tuning steps (default 0.75, so the last quarter trains
 at full sparsity); ``constant`` prunes to ``sparsity`` from the first step.
@@ -20,8 +21,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import prune_regis
 
 from edgecomp._keras import keras
 from edgecomp.config import PruneConfig
-from edgecomp.errors import ConfigError
-from edgecomp.stages import common
+from edgecomp.stages import common, filters
 
 sparsity_api = tfmot.sparsity.keras
 M_BY_N_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
@@ -82,12 +82,11 @@ def wrap_model(model, params: PruneConfig, total_steps: int):
 def apply(model, params: PruneConfig, context):
     """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
 
-    Raises:
-        ConfigError: ``structure: filters``, which needs model surgery (not yet available).
+    ``structure: filters`` is handed to ``edgecomp.stages.filters``, which removes
+    whole channels and returns a new, smaller model.
     """
     if params.structure == "filters":
-        raise ConfigError("prune.structure: 'filters' (channel pruning) is not available yet; "
-                          "use unstructured or 2:4")
+        return filters.apply(model, params, context)
     if params.sparsity == 0.0 and params.structure == "unstructured":
         details = {"sparsity": 0.0, "note": "sparsity 0: model returned unchanged", "layers": {}}
         return model, common.record("prune", model, context, [], details)
