@@ -39,7 +39,7 @@ TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
 AVAILABLE_STAGES: tuple[str, ...] = ("distill", "low_rank", "prune", "cluster", "quantize")
-AVAILABLE_TARGETS = ("cpu", "micro")
+AVAILABLE_TARGETS = ("cpu", "edgetpu", "micro")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
 # zoo name is reported without importing TensorFlow.
@@ -297,8 +297,12 @@ class GpuTargetConfig(_TargetBase):
     quantization: Literal["float32", "float16", "int8"] = "float16"
 
 
-class EdgeTpuTargetConfig(_TargetBase):
-    pass
+class EdgeTpuTargetConfig(_Strict):
+    quantization: Literal["int8"] = "int8"
+    io: Literal["int8", "uint8"] = Field("int8", description="input/output type; the Edge TPU computes on 8 bits")
+    compiler: str = Field("edgetpu_compiler", min_length=1,
+                          description="Coral's compiler, run when on PATH (name or path); its absence is reported")
+    compiler_timeout_s: float = Field(180.0, gt=0.0, description="seconds edgetpu_compiler may run")
 
 
 class MicroTargetConfig(_Strict):

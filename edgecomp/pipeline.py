@@ -28,7 +28,7 @@ from edgecomp.devices import open_configured
 from edgecomp.errors import DeviceError, EdgecompError, ModelError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, micro
+from edgecomp.targets import cpu, edgetpu, micro
 
 log = logging.getLogger("edgecomp")
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
@@ -163,7 +163,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     relative = f"{target}/model.tflite"
     log.info("%s: converting to %s (io %s)", target, quantization, io)
     try:
-        content = converter.convert(model, quantization, io, calibration)
+        content = converter.convert(model, quantization, io, calibration, static_batch=target == "edgetpu")
     except ModelError as error:
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
@@ -188,6 +188,10 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
             log.info("%s: wrote %s", target, source)
         record.skipped.append({"layer": "benchmark", "reason": "micro: host timings do not predict a "
                                                               "microcontroller; see the arena and flash figures"})
+    elif target == "edgetpu":
+        record.compatibility, record.metrics, skipped = edgetpu.run(content, params, path, dataset.x_test,
+                                                                    dataset.y_test)
+        record.skipped.extend(skipped)
     else:
         record.compatibility = cpu.verify(content, quantization, io, expect if target != "reference" else None)
         record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
@@ -196,7 +200,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     if record.metrics:
         log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
                  record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
-    if target != "micro":
+    if target not in ("micro", "edgetpu"):
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
     return record
 

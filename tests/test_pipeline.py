@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
         "data": {"source": "digits", "calibration_samples": 50},
         "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
         "train": {"epochs": 1},
-        "targets": [{"cpu": {"quantization": "int8"}}, {"micro": {}}],
+        "targets": [{"cpu": {"quantization": "int8"}}, {"micro": {}}, {"edgetpu": {}}],
         "benchmark": {"runs": 10, "warmup": 1},
     })
     report = pipeline.run(cfg)
@@ -32,7 +32,8 @@ def test_run_writes_the_documented_layout(tiny_run):
     run_dir = cfg.run_dir
     for relative in ("config.yaml", "reference/model.tflite", "cpu/model.tflite", "report.json", "report.md",
                      "plots/accuracy_vs_size.png", "plots/latency.png", "checkpoints/00_baseline/model.h5",
-                     "micro/model.tflite", "micro/model_data.cc", "micro/model_data.h", "micro/op_resolver.h"):
+                     "micro/model.tflite", "micro/model_data.cc", "micro/model_data.h", "micro/op_resolver.h",
+                     "edgetpu/model.tflite"):
         assert (run_dir / relative).is_file(), relative
     assert config.load(run_dir / "config.yaml") == cfg
 
@@ -111,3 +112,12 @@ def test_same_config_and_seed_give_the_same_metrics_and_files(tmp_path):
     assert [t.metrics for t in first.targets] == [t.metrics for t in second.targets]
     for relative in ("reference/model.tflite", "cpu/model.tflite"):
         assert (tmp_path / "a/twice" / relative).read_bytes() == (tmp_path / "b/twice" / relative).read_bytes()
+
+
+def test_edgetpu_target_maps_fully_and_says_the_compiler_was_not_run(tiny_run):
+    _, report = tiny_run
+    record = next(r for r in report.targets if r.target == "edgetpu")
+    assert record.compatibility["ok"], record.compatibility
+    assert record.compatibility["details"]["mapping"]["mac_share_on_tpu"] == 1.0
+    assert any(item["layer"] == "edgetpu_compiler" for item in record.skipped)
+    assert not record.benchmarks

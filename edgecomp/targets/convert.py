@@ -25,7 +25,8 @@ from edgecomp.errors import ModelError
 IO_DTYPES = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}
 
 
-def convert(model, quantization: str = "float32", io: str = "float32", calibration: np.ndarray | None = None) -> bytes:
+def convert(model, quantization: str = "float32", io: str = "float32", calibration: np.ndarray | None = None,
+            static_batch: bool = False) -> bytes:
     """Converts a tf_keras model to TFLite flatbuffer bytes.
 
     Args:
@@ -33,11 +34,14 @@ def convert(model, quantization: str = "float32", io: str = "float32", calibrati
         quantization: float32 | float16 | dynamic | int8 | int16x8.
         io: input/output type (int8/uint8 for int8, int16 for int16x8, else float32).
         calibration: samples for the representative dataset (int8, int16x8).
+        static_batch: fix the batch dimension to 1 in every tensor's shape signature
+            (the Edge TPU compiler refuses dynamic-sized tensors; a Keras model's batch is
+            otherwise dynamic, ``-1``).
 
     Raises:
         ModelError: the converter rejects the model; the message names the first cause.
     """
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _static_batch_converter(model) if static_batch else tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization in ("float16", "dynamic", "int8", "int16x8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
@@ -63,3 +67,14 @@ def convert(model, quantization: str = "float32", io: str = "float32", calibrati
         lines = [line for line in str(error).splitlines() if line.strip()]
         cause = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(error).__name__)
         raise ModelError(f"TFLite conversion to {quantization} failed: {cause.strip()}") from None
+
+
+def _static_batch_converter(model):
+    """A converter of ``model`` traced with batch 1 (every other dimension as the model declares it)."""
+    specs = [tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype) for tensor in model.inputs]
+
+    @tf.function
+    def call(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function(*specs)], model)

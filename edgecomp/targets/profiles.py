@@ -66,6 +66,13 @@ PROFILES: dict[str, TargetProfile] = {
         io_types=(("int8", ("float32", "int8", "uint8")), ("int16x8", ("float32", "int16"))),
         delegate="XNNPACK",
     ),
+    "edgetpu": TargetProfile(
+        name="edgetpu",
+        description="Coral Edge TPU (full-integer int8, batch 1, static shapes, compiled by edgetpu_compiler)",
+        quantizations=("int8",),
+        io_types=(("int8", ("int8", "uint8")),),
+        delegate="libedgetpu (Edge TPU custom op); the ops after the first unsupported one run on the CPU",
+    ),
     "micro": TargetProfile(
         name="micro",
         description="microcontrollers with TensorFlow Lite for Microcontrollers (full-integer int8)",
