@@ -39,7 +39,7 @@ TARGET_NAMES = ("cpu", "gpu", "edgetpu", "micro")
 # What this version of edgecomp can run; the rest of DESIGN.md's keys are declared
 # (so the schema is complete) but rejected with a clear message until they exist.
 AVAILABLE_STAGES: tuple[str, ...] = ("distill", "low_rank", "prune", "cluster", "quantize")
-AVAILABLE_TARGETS = ("cpu", "edgetpu", "micro")
+AVAILABLE_TARGETS = ("cpu", "gpu", "edgetpu", "micro")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # Kept equal to edgecomp.zoo.ARCHITECTURES by a test; listed here so that a bad
 # zoo name is reported without importing TensorFlow.
@@ -294,7 +294,18 @@ class CpuTargetConfig(_TargetBase):
 
 
 class GpuTargetConfig(_TargetBase):
-    quantization: Literal["float32", "float16", "int8"] = "float16"
+    quantization: Literal["float16", "float32", "int8"] = Field(
+        "float16", description="float16: the GPU's native format; int8: the delegate dequantizes it to float"
+    )
+
+    @model_validator(mode="after")
+    def _io_fits_quantization(self):
+        ok = ("float32", "int8", "uint8") if self.quantization == "int8" else ("float32",)
+        if self.io not in ok:
+            raise ValueError(
+                f"io {self.io!r} does not fit quantization {self.quantization!r}; allowed: {', '.join(ok)}"
+            )
+        return self
 
 
 class EdgeTpuTargetConfig(_Strict):
@@ -472,6 +483,18 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: one line naming the file or key, the value and what is allowed.
     """
+    raw = read_yaml(path)
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(raw, source=str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The top-level map of a YAML config file (``yaml.safe_load``), not yet validated.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, empty or not a map.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file to --config")
@@ -492,9 +515,7 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: the config file is empty; start from configs/quickstart.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a map of keys (name, data, model, ...), got a {_kind(raw)}")
-    for override in overrides:
-        apply_override(raw, override)
-    return from_dict(raw, source=str(path))
+    return raw
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:

@@ -28,7 +28,7 @@ from edgecomp.devices import open_configured
 from edgecomp.errors import DeviceError, EdgecompError, ModelError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, edgetpu, micro
+from edgecomp.targets import cpu, edgetpu, gpu, micro
 
 log = logging.getLogger("edgecomp")
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
@@ -192,6 +192,9 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         record.compatibility, record.metrics, skipped = edgetpu.run(content, params, path, dataset.x_test,
                                                                     dataset.y_test)
         record.skipped.extend(skipped)
+    elif target == "gpu":
+        record.compatibility, record.metrics, skipped = gpu.run(content, params, path, dataset.x_test, dataset.y_test)
+        record.skipped.extend(skipped)
     else:
         record.compatibility = cpu.verify(content, quantization, io, expect if target != "reference" else None)
         record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
@@ -200,7 +203,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     if record.metrics:
         log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
                  record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
-    if target not in ("micro", "edgetpu"):
+    if target not in ("micro", "edgetpu", "gpu"):
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
     return record
 

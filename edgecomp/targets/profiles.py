@@ -66,6 +66,13 @@ PROFILES: dict[str, TargetProfile] = {
         io_types=(("int8", ("float32", "int8", "uint8")), ("int16x8", ("float32", "int16"))),
         delegate="XNNPACK",
     ),
+    "gpu": TargetProfile(
+        name="gpu",
+        description="TFLite/LiteRT GPU delegate (Android OpenCL/OpenGL, Linux); float16 weights, float compute",
+        quantizations=("float16", "float32", "int8"),
+        io_types=(("int8", ("float32", "int8", "uint8")),),
+        delegate="GPU delegate (ops it cannot take run on the CPU, each a separate partition); int8 is dequantized",
+    ),
     "edgetpu": TargetProfile(
         name="edgetpu",
         description="Coral Edge TPU (full-integer int8, batch 1, static shapes, compiled by edgetpu_compiler)",

@@ -1,0 +1,160 @@
+"""The gpu target: the delegate's rules checked on the file, the model analyzer's report parsed, the pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecomp import config
+from edgecomp.errors import ConfigError
+from edgecomp.targets import gpu
+
+ANALYZER = Path(__file__).resolve().parent / "data" / "gpu_analyzer"
+STATIC_RULES = ["loads", "supported_ops", "tensor_rank", "static_shapes", "data_types", "io_type", "quantization"]
+
+
+def _failed(compatibility):
+    return {rule["rule"]: rule["detail"] for rule in compatibility["details"]["rules"] if not rule["ok"]}
+
+
+def _float16(model):
+    from edgecomp.targets import convert
+
+    return convert.convert(model, "float16")
+
+
+def _argmax_net():
+    """conv → cumsum → sin → argmax → cast → dense: CUMSUM and SIN are GPU ops, ARG_MAX is not."""
+    from edgecomp._keras import keras, tf
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.Lambda(lambda v: tf.math.cumsum(v, axis=1))(x)
+    x = keras.layers.Lambda(tf.math.sin)(x)
+    x = keras.layers.Lambda(lambda v: tf.cast(tf.math.argmax(v, axis=-1), tf.float32))(x)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_float16_conv_model_passes_every_rule_and_says_checked_statically(converted, tiny_dataset):
+    compatibility = gpu.verify(converted("float16"), "float16", sample=tiny_dataset.x_test[:2])
+    details = compatibility["details"]
+    assert compatibility["ok"], _failed(compatibility)
+    assert [rule["rule"] for rule in details["rules"]] == STATIC_RULES + ["analyzer"]
+    assert details["analyzer"]["says_compatible"] is True and details["unsupported"] == []
+    assert "77042" in details["rules"][-1]["detail"]
+    # No GPU here: the accelerator loads but finds no adapter, so the verdict is static.
+    assert details["delegate"]["ran"] is False and details["checked"] == "statically"
+    assert any(note.startswith("checked statically") for note in details["notes"])
+
+
+def test_argmax_fails_naming_the_op_and_reason_while_cumsum_and_sin_pass():
+    compatibility = gpu.verify(_float16(_argmax_net()), "float16")
+    failed = _failed(compatibility)
+    assert set(failed) == {"supported_ops", "data_types"}
+    assert "ARG_MAX is not supported by the GPU delegate" in failed["supported_ops"]
+    assert "int64" in failed["data_types"]
+    reasons = {(u["op"], u["rule"]): u["reason"] for u in compatibility["details"]["unsupported"]}
+    assert reasons[("CAST", "supported_ops")] == "CAST: not a supported CAST case: int64 to float32"
+    assert {u["source"] for u in compatibility["details"]["unsupported"]} == {"static"}
+    on_gpu = {op["op"]: op["on_gpu"] for op in compatibility["details"]["ops"]}
+    assert on_gpu["CUMSUM"] and on_gpu["SIN"] and on_gpu["CONV_2D"] and not on_gpu["ARG_MAX"]
+    # The analyzer of this TensorFlow misses it (tensorflow/tensorflow#77042); its rule says so.
+    analyzer = next(rule for rule in compatibility["details"]["rules"] if rule["rule"] == "analyzer")
+    assert analyzer["ok"] and "missed" in analyzer["detail"]
+
+
+def test_five_dimensional_tensor_fails_tensor_rank():
+    from test_edgetpu import _small_net
+
+    failed = _failed(gpu.verify(_float16(_small_net(reshape_5d=True)), "float16", analyzer=False))
+    assert "5-D" in failed["tensor_rank"] and "at most 4-D" in failed["tensor_rank"]
+
+
+def test_int8_passes_with_the_dequantize_note(converted):
+    compatibility = gpu.verify(converted("int8"), "int8", analyzer=False)
+    assert compatibility["ok"], _failed(compatibility)
+    assert any("dequantizes" in note for note in compatibility["details"]["notes"])
+
+
+def test_float32_file_claimed_as_float16_fails_quantization(converted):
+    assert "quantization" in _failed(gpu.verify(converted("float32"), "float16", analyzer=False))
+
+
+def test_not_a_model_fails_loads():
+    compatibility = gpu.verify(b"not a tflite file", "float16")
+    assert not compatibility["ok"] and list(_failed(compatibility)) == ["loads"]
+
+
+def test_parser_reads_the_recorded_compatible_report():
+    parsed = gpu.parse_analyzer((ANALYZER / "tf2.21_float16_conv_compatible.txt").read_text())
+    assert parsed == {"says_compatible": True, "runtime_version": "2.21.0", "issues": [], "nodes": [],
+                      "subgraphs": 1}
+
+
+def test_parser_reads_the_recorded_report_that_misses_argmax():
+    text = (ANALYZER / "tf2.21_float16_argmax_says_compatible.txt").read_text()
+    assert "ARG_MAX(" in text
+    assert gpu.parse_analyzer(text)["says_compatible"] is True
+
+
+def test_parser_attaches_each_warning_to_its_op_and_reads_the_summary():
+    parsed = gpu.parse_analyzer((ANALYZER / "constructed_incompatible.txt").read_text())
+    assert parsed["says_compatible"] is False and parsed["runtime_version"] == "2.13.0"
+    assert parsed["nodes"] == [1, 2, 3]
+    assert parsed["issues"] == [
+        {"index": 1, "op": "ARG_MAX", "reason": "Not supported op ARG_MAX"},
+        {"index": 2, "op": "CAST", "reason": "Not supported Cast case. Input type: INT64 and output type: FLOAT32"},
+        {"index": 3, "op": "EXPAND_DIMS", "reason": "Not supported op EXPAND_DIMS"},
+    ]
+
+
+def test_analyzer_warning_fails_the_analyzer_rule(monkeypatch, converted):
+    text = (ANALYZER / "constructed_incompatible.txt").read_text()
+    monkeypatch.setattr(gpu, "analyzer_text", lambda content: text)
+    compatibility = gpu.verify(converted("float16"), "float16")
+    assert list(_failed(compatibility)) == ["analyzer"]
+    sources = {u["source"] for u in compatibility["details"]["unsupported"]}
+    assert sources == {"analyzer"}
+
+
+def test_config_takes_gpu_float16_by_default_and_refuses_io_that_does_not_fit():
+    params = config.stage_params(config.from_dict({"targets": [{"gpu": {}}]}).targets[0])
+    assert (params.quantization, params.io) == ("float16", "float32")
+    config.from_dict({"targets": [{"gpu": {"quantization": "int8", "io": "uint8"}}]})
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.gpu.*io 'int8' does not fit quantization 'float16'"):
+        config.from_dict({"targets": [{"gpu": {"io": "int8"}}]})
+
+
+def test_profile_lists_gpu_with_float16_first():
+    from edgecomp.targets.profiles import PROFILES
+
+    assert PROFILES["gpu"].quantizations[0] == "float16"
+    assert PROFILES["gpu"].allowed_io("float16") == ("float32",)
+
+
+def test_pipeline_with_a_gpu_target_reports_compatibility_and_accuracy_of_the_file(tmp_path):
+    from conftest import tflite_accuracy
+    from edgecomp import data, pipeline
+
+    cfg = config.from_dict({
+        "name": "gpu", "output_dir": str(tmp_path),
+        "data": {"source": "synthetic", "image_size": [8, 8], "num_classes": 3, "samples": 200,
+                 "calibration_samples": 20},
+        "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
+        "train": {"epochs": 1},
+        "targets": [{"gpu": {}}],
+        "benchmark": {"runs": 2, "warmup": 0},
+    })
+    pipeline.run(cfg)
+    written = json.loads((cfg.run_dir / "report.json").read_text())
+    target = written["targets"][0]
+    assert target["target"] == "gpu" and target["quantization"] == "float16"
+    assert target["compatibility"]["ok"], target["compatibility"]["details"]["rules"]
+    assert target["compatibility"]["details"]["checked"] == "statically"
+    assert "on the CPU" in target["metrics"]["runtime"]
+    assert target["benchmarks"] == []
+    dataset = data.load(cfg.data, cfg.seed)
+    measured = tflite_accuracy(cfg.run_dir / "gpu" / "model.tflite", dataset)
+    assert target["metrics"]["accuracy"] == pytest.approx(measured, abs=1e-9)
+    assert "gpu" in (cfg.run_dir / "report.md").read_text()
