@@ -120,6 +120,35 @@ class TrainConfig(_Strict):
     )
 
 
+class DistributeConfig(_Strict):
+    """Where training runs: one process (``none``), several local devices, or several hosts.
+
+    ``data.batch_size`` is the global batch: each of the N replicas gets
+    ``batch_size / N`` samples per step. Learning rates are never scaled here.
+    """
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none", description="none: one device, as without this section; mirrored: tf.distribute.MirroredStrategy "
+                            "on this host's devices; multi_worker: tf.distribute.MultiWorkerMirroredStrategy, "
+                            "cluster and task read from the TF_CONFIG environment variable")
+    devices: Optional[tuple[Annotated[str, Field(min_length=1)], ...]] = Field(
+        None, min_length=1,
+        description="mirrored only: the devices to train on, e.g. ['/gpu:0', '/gpu:1'] (default: all GPUs, "
+                    "else the CPU)")
+
+    @model_validator(mode="after")
+    def _devices_only_with_mirrored(self):
+        if self.devices is not None and self.strategy != "mirrored":
+            raise ValueError(f"devices applies to strategy 'mirrored' only (strategy is {self.strategy!r}); "
+                             "remove devices or set strategy: mirrored")
+        for device in self.devices or ():
+            if not re.fullmatch(r"/?(job:[a-z]+/(replica:\d+/)?(task:\d+/)?)?(device:)?(cpu|gpu|CPU|GPU):\d+",
+                                device):
+                raise ValueError(f"device {device!r} is not a TensorFlow device name; expected e.g. "
+                                 "'/gpu:0' or '/cpu:0'")
+        return self
+
+
 # ---- stages ----------------------------------------------------------------
 
 
@@ -416,6 +445,7 @@ class Config(_Strict):
     stages: tuple[Stage, ...] = ()
     targets: tuple[Target, ...] = (CpuTarget(),)
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    distribute: DistributeConfig = DistributeConfig()
 
     @model_validator(mode="after")
     def _only_available_parts(self):

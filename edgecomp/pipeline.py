@@ -20,7 +20,7 @@ import numpy as np
 
 import edgecomp
 from edgecomp import config as config_module
-from edgecomp import data, files, models, runtime, stages, training
+from edgecomp import data, distribute, files, models, runtime, stages, training
 from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
@@ -54,7 +54,12 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         EdgecompError: bad data, model, or an output folder that cannot be written.
     """
     started = time.time()
-    run_dir = _prepare_run_dir(cfg)
+    # First: multi_worker must be set up before TensorFlow runs any other op.
+    distribute.setup(cfg.distribute)
+    chief = distribute.is_chief()   # only the chief writes; a worker's scratch folder is deleted at exit
+    run_dir = _prepare_run_dir(cfg) if chief else distribute.worker_dir()
+    if cfg.distribute.strategy != "none":
+        _log_distribution(cfg, chief)
     files.write_text(run_dir / "config.yaml", config_module.to_yaml(cfg))
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
@@ -64,21 +69,30 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     calibration = data.representative_samples(dataset, cfg.data.calibration_samples, cfg.seed)
     report = Report(name=cfg.name, edgecomp_version=edgecomp.__version__, runtime=runtime.runtime_name(),
                     dataset={"source": cfg.data.source, "summary": dataset.summary()})
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg, resume)
+    # Workers read the chief's checkpoints (a folder all of them share) and write none.
+    checkpoints = Checkpoints(cfg.run_dir / "checkpoints", cfg, resume)
+    if resume and cfg.distribute.strategy == "multi_worker":
+        distribute.check_same_everywhere(checkpoints.usable(len(cfg.stages)), "the stage checkpoints --resume reuses",
+                                         f"put output_dir ({cfg.output_dir}) on a filesystem every worker mounts at "
+                                         "the same path, or run without --resume")
 
     model, record = checkpoints.load(0, "baseline")
     if model is None:
         keras.utils.set_random_seed(cfg.seed)
-        model, record = _baseline(cfg, dataset, run_dir)
+        with distribute.scope():
+            model, record = _baseline(cfg, dataset, run_dir)
+        model = _outside_strategy(model)
         checkpoints.save(0, "baseline", model, record)
     report.stages.append(record)
 
     # The reference is converted from a deep copy before any stage touches the model:
-    # tfmot wraps layer objects in place (DESIGN.md §9).
-    reference_model = models.copy(model)
-    reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
-    report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration, run_dir)
-    del reference_model
+    # tfmot wraps layer objects in place (DESIGN.md §9). Files are made on the chief only.
+    if chief:
+        reference_model = models.copy(model)
+        reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
+        report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration,
+                                    run_dir)
+        del reference_model
 
     previous: list[str] = []
     for index, item in enumerate(cfg.stages, start=1):
@@ -90,7 +104,10 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             started_stage = time.time()
             # Seeded per stage, so a resumed run trains each stage as an uninterrupted one does.
             keras.utils.set_random_seed(cfg.seed + index)
-            model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
+            before = model
+            with distribute.scope():   # models are copied, wrapped and compiled in the strategy's scope
+                model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
+            model = _outside_strategy(model, kind, before, tuple(previous))
             record.seconds = time.time() - started_stage
             if kind not in UNCHECKPOINTED_STAGES:
                 checkpoints.save(index, kind, model, record)
@@ -101,6 +118,9 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         zeroes_weights = kind != "prune" or stage_params(item).structure != "filters"
         previous.append(kind if zeroes_weights else "prune_filters")
 
+    if not chief:
+        log.info("worker: training finished; the chief converts, verifies, benchmarks and writes the report")
+        return report
     expect = _expectations(report.stages)
     for item in cfg.targets:
         params = stage_params(item)
@@ -111,6 +131,37 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     report.seconds = time.time() - started
     _write_report(report, run_dir)
     return report
+
+
+def _outside_strategy(model, kind: str = "baseline", before=None, previous: tuple[str, ...] = ()):
+    """The trained model with ordinary variables: what is saved, converted and trained next.
+
+    Without a strategy this is ``model`` itself. Under one, every worker makes the
+    copy at the same point (reading distributed variables runs collective ops that
+    all workers must join), so the chief can then save and convert alone. QAT
+    wrappers of tfmot's preserving schemes cannot be cloned (their quantizers come
+    back with the default scheme), so a QAT model is wrapped again from ``before``.
+    """
+    if distribute.current() is None:
+        return model
+    if kind == "quantize":
+        from edgecomp.stages import quantize
+
+        plain = quantize.wrap_model(models.copy(before), previous)[0]
+    else:
+        plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
+def _log_distribution(cfg: Config, chief: bool) -> None:
+    replicas = distribute.replicas()
+    batch = cfg.data.batch_size
+    log.info("distribute: %s, %d replica(s) in sync, global batch %d (%s per replica)%s", cfg.distribute.strategy,
+             replicas, batch, f"{batch / replicas:g}", "" if chief else "; this worker writes no files")
+    if batch % replicas:
+        log.warning("distribute: data.batch_size %d is not a multiple of the %d replicas; replicas get unequal "
+                    "shares of each batch", batch, replicas)
 
 
 def _prepare_run_dir(cfg: Config) -> Path:
@@ -307,6 +358,18 @@ class Checkpoints:
     def _dir(self, index: int, kind: str) -> Path:
         return self.folder / f"{index:02d}_{kind}"
 
+    def usable(self, stages: int) -> int:
+        """Bit i set when checkpoint i (0: baseline) exists for this config: what resuming reuses."""
+        bits = 0
+        for index in range(stages + 1):
+            found = list(self.folder.glob(f"{index:02d}_*/record.json")) if self.folder.is_dir() else []
+            try:
+                same = bool(found) and json.loads(found[0].read_text()).get("fingerprint") == self.fingerprint(index)
+            except (OSError, ValueError):
+                same = False
+            bits |= int(same) << index
+        return bits
+
     def load(self, index: int, kind: str):
         """``(model, record)`` of a valid checkpoint when resuming, else ``(None, None)``."""
         folder = self._dir(index, kind)
@@ -325,7 +388,9 @@ class Checkpoints:
         return model, StageRecord(**saved["record"])
 
     def save(self, index: int, kind: str, model, record: StageRecord) -> None:
-        """Saves atomically: a temporary folder renamed into place when complete."""
+        """Saves atomically: a temporary folder renamed into place when complete (on the chief only)."""
+        if not distribute.is_chief():
+            return
         payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
         # The HDF5 file is built in memory: h5py crashes the process when its disk fills up.
         files.write_dir(self._dir(index, kind), {

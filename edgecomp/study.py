@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -94,6 +95,8 @@ class StudyConfig(config._Strict):
     output_dir: str = "models"
     base: dict = Field(..., description="a run config without name, output_dir and stages")
     techniques: Techniques = Techniques()
+    latency_rounds: int = Field(3, ge=0, description="re-time every file on the local CPU in this many interleaved "
+                                                    "rounds at the end (0: keep each run's own benchmark)")
     recipes: Optional[tuple[str, ...]] = Field(None, description=f"default: every recipe whose techniques are given; "
                                                                   f"names: {', '.join(RECIPES)}")
 
@@ -191,8 +194,46 @@ def run(study: StudyConfig, *, resume: bool = False) -> list[dict]:
     reference = next(iter(reports.values()))[0].reference
     for name, (report, seconds, cfg) in reports.items():
         rows.extend(table_rows(name, report, reference, seconds, cfg.run_dir))
+    if study.latency_rounds:
+        remeasure_latency(study, rows)
     write(study, rows)
     return rows
+
+
+def remeasure_latency(study: StudyConfig, rows: list[dict]) -> None:
+    """Times every row's file again on the local CPU, interleaved, so the latency column is comparable.
+
+    Each recipe's own run benchmarks its files minutes apart from the others', and a
+    shared machine's load changes in between. Here every file runs once per round
+    (``study.latency_rounds`` rounds, the order reversed every other round, each
+    benchmark ``base.benchmark.runs`` invokes after its warm-up, in its own child
+    process); a row's ``p50_ms`` becomes the median of its per-round p50s, and the
+    latency ratios are recomputed from those. The run folders keep their own figures.
+    """
+    from edgecomp import data as data_module
+    from edgecomp.devices import open_device
+
+    cfg = run_config(study, rows[0]["recipe"])
+    sample = data_module.load(cfg.data, cfg.seed).x_test[:1]
+    device = open_device("local")
+    paths = [Path(row["path"]) for row in rows]
+    samples: list[list[float]] = [[] for _ in rows]
+    timed = [index for index, path in enumerate(paths) if path.is_file()]
+    for round_index in range(study.latency_rounds):
+        order = timed[:: -1 if round_index % 2 else 1]
+        log.info("study %s: interleaved latency, round %d/%d", study.name, round_index + 1, study.latency_rounds)
+        for index in order:
+            result = device.benchmark(paths[index], runs=cfg.benchmark.runs, warmup=cfg.benchmark.warmup,
+                                      threads=cfg.benchmark.threads[0], inputs=sample)
+            samples[index].append(result["latency_ms"]["p50"])
+    reference = next((statistics.median(values) for row, values in zip(rows, samples)
+                      if row["target"] == "reference" and values), None)
+    for row, values in zip(rows, samples):
+        if not values:
+            continue
+        row["p50_ms"] = round(statistics.median(values), 6)
+        row["latency_ratio"] = _ratio(row["p50_ms"], reference)
+        row["latency"] = f"local, {study.latency_rounds} interleaved rounds"
 
 
 def table_rows(recipe: str, report, reference, seconds: float, run_dir: Path) -> list[dict]:
@@ -215,6 +256,7 @@ def table_rows(recipe: str, report, reference, seconds: float, run_dir: Path) ->
         accuracy = (record.metrics or {}).get("accuracy")
         p50 = _p50(record)
         rows.append({
+            "path": str(path),
             "recipe": recipe,
             "target": "reference" if record is report.reference else record.target,
             "quantization": record.quantization,
@@ -270,7 +312,10 @@ def render(study: StudyConfig, rows: list[dict]) -> str:
     """``study.md``: the table, then what was skipped."""
     lines = [f"# Study {study.name}", "",
              "Ratios are to the float32 reference of the baseline; accuracy is measured by running each "
-             "`.tflite` on the test split; latency is p50 on the first benchmark device.", "",
+             "`.tflite` on the test split; " + (
+                 f"latency is the median of each file's p50 over {study.latency_rounds} rounds on the local CPU, "
+                 "every file timed once per round, interleaved." if study.latency_rounds else
+                 "latency is p50 on the first benchmark device, measured in each recipe's own run."), "",
              "| recipe | target | quant | params | non-zero | MACs | size | gzip | accuracy | Δ pt | p50 ms | "
              "size × | gzip × | latency × | s | ok |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -299,7 +344,7 @@ def write(study: StudyConfig, rows: list[dict]) -> None:
     folder = study.study_dir
     files.write_text(folder / "study.md", render(study, rows))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=(*COLUMNS, "path"), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     files.write_text(folder / "study.csv", buffer.getvalue())

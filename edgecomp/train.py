@@ -8,7 +8,7 @@ import sys
 
 from absl import flags
 
-from edgecomp import cli, config
+from edgecomp import cli, config, distribute  # neither imports TensorFlow
 
 flags.DEFINE_string("config", None, "YAML config file (see configs/ and configs/schema.json).")
 flags.DEFINE_multi_string("set", [], "Override a key: --set train.epochs=3 (values parsed as YAML).")
@@ -24,10 +24,15 @@ def main(argv):
         raise config.ConfigError("--config is required, e.g. --config configs/quickstart.yaml")
     overrides = list(FLAGS.set) + (["model.trust=true"] if FLAGS.trust_model else [])
     cfg = config.load(FLAGS.config, overrides)  # validated before TensorFlow is imported
+    if cfg.distribute.strategy == "multi_worker":
+        distribute.read_tf_config()  # a missing or bad TF_CONFIG is reported before TensorFlow starts
 
     from edgecomp import pipeline
 
     report = pipeline.run(cfg, resume=FLAGS.resume)
+    if not distribute.is_chief():
+        print(f"worker done: trained {len(report.stages)} stage(s); the chief writes {cfg.run_dir / 'report.md'}")
+        return 0
     failed = [t.target for t in [report.reference, *report.targets] if t and not t.compatibility.get("ok")]
     print(f"wrote {cfg.run_dir / 'report.md'}")
     for record in [report.reference, *report.targets]:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgecomp import distribute
 from edgecomp._keras import keras
 from edgecomp.data import Dataset
 from edgecomp.models import ends_with_softmax
@@ -47,7 +48,7 @@ def fit(
         dataset: the data; the validation split drives early stopping.
         epochs: maximum epochs (0 returns at once).
         learning_rate: Adam's learning rate.
-        batch_size: samples per step.
+        batch_size: samples per step; the global batch under tf.distribute (split across replicas).
         log_dir: TensorBoard log folder, or None for no logs.
         patience: epochs without validation-loss improvement before stopping (0: never).
         callbacks: extra callbacks (e.g. tfmot's pruning step updater).
@@ -65,16 +66,9 @@ def fit(
         )
     if log_dir is not None:
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
-    return model.fit(
-        dataset.x_train,
-        dataset.y_train,
-        validation_data=(dataset.x_val, dataset.y_val) if has_val else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        callbacks=all_callbacks,
-        verbose=verbosity(),
-    )
+    # Arrays as before; tf.data datasets of global batches under tf.distribute (edgecomp.distribute).
+    inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, batch_size)
+    return model.fit(**inputs, epochs=epochs, callbacks=all_callbacks, verbose=verbosity())
 
 
 def accuracy(model, x, y, batch_size: int = 256) -> float:

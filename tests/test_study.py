@@ -13,7 +13,8 @@ from edgecomp.errors import ConfigError
 QUICK = ["--set", "base.train.epochs=2", "--set", "techniques.prune.epochs=1", "--set", "techniques.cluster.epochs=1",
          "--set", "techniques.quantize.epochs=1", "--set", "techniques.distill.teacher_epochs=1",
          "--set", "techniques.distill.epochs=1", "--set", "techniques.low_rank.finetune_epochs=1",
-         "--set", "techniques.filters.epochs=1", "--set", "base.benchmark.runs=10", "--set", "base.benchmark.warmup=1"]
+         "--set", "techniques.filters.epochs=1", "--set", "base.benchmark.runs=10", "--set", "base.benchmark.warmup=1",
+         "--set", "latency_rounds=1"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def test_digits_study_runs_every_recipe_and_writes_table_and_plot(digits_study):
         assert list(csv.DictReader(stream))[1]["recipe"] == "ptq"
     assert "| prune_cluster_qat | cpu | int8 |" in (folder / "study.md").read_text()
     assert (folder / "pareto_cpu.png").stat().st_size > 10_000
+    assert all(row["latency"] == "local, 1 interleaved rounds" and row["p50_ms"] > 0 for row in rows)
+    assert "interleaved" in (folder / "study.md").read_text()
     assert "wrote" in done.stdout
 
 

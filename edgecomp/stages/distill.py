@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from edgecomp import models, training
+from edgecomp import distribute, models, training
 from edgecomp._keras import keras, tf
 from edgecomp.config import DistillConfig
 from edgecomp.errors import ConfigError
@@ -85,7 +85,11 @@ class Distiller(keras.Model):
         self.alpha = float(alpha)
         self.student_from_logits = not models.ends_with_softmax(student)
         self.teacher_from_logits = not models.ends_with_softmax(teacher)
-        self.hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.student_from_logits)
+        # Under tf.distribute a Keras loss may not average by itself: each replica averages its
+        # share of the batch (_loss_terms) and train_step divides by the replica count.
+        reduction = keras.losses.Reduction.NONE if tf.distribute.has_strategy() else keras.losses.Reduction.AUTO
+        self.hard_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.student_from_logits,
+                                                                    reduction=reduction)
         self.feature_weights = [float(weight) for _, _, weight in features]
         self.student_taps = self.teacher_taps = None
         self.adapters = []
@@ -115,6 +119,8 @@ class Distiller(keras.Model):
     def _loss_terms(self, inputs, labels, teacher_outputs, teacher_features, training):
         student_outputs, student_features = self._forward(self.student, self.student_taps, inputs, training)
         student_loss = self.hard_loss(labels, student_outputs)
+        if student_loss.shape.rank:   # reduction NONE (under tf.distribute): this replica's mean
+            student_loss = tf.reduce_mean(student_loss)
         soft_loss = distillation_loss(
             as_logits(teacher_outputs, self.teacher_from_logits),
             as_logits(student_outputs, self.student_from_logits),
@@ -144,10 +150,14 @@ class Distiller(keras.Model):
         teacher_outputs, teacher_features = self._forward(self.teacher, self.teacher_taps, inputs, False)
         with tf.GradientTape() as tape:
             loss, terms, student_outputs = self._loss_terms(inputs, labels, teacher_outputs, teacher_features, True)
+            # Replicas' gradients are summed: each contributes its mean / N, so the step follows the
+            # mean over the global batch (tf.distribute's rule for custom training steps).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas if replicas > 1 else loss
         variables = self.student.trainable_variables + [
             v for adapter in self.adapters if adapter is not None for v in adapter.trainable_variables
         ]
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return self._update_metrics(loss, terms, labels, student_outputs)
 
     def test_step(self, data):
@@ -186,10 +196,10 @@ def fit(distiller: Distiller, context, *, epochs: int, learning_rate: float):
     """Compiles and fits ``distiller`` on the run's train split; returns the per-epoch loss terms."""
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
     dataset = context.dataset
-    has_val = len(dataset.x_val) > 0
+    inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val,
+                                   context.config.data.batch_size)
     history = distiller.fit(
-        dataset.x_train, dataset.y_train, epochs=epochs, batch_size=context.config.data.batch_size, shuffle=True,
-        validation_data=(dataset.x_val, dataset.y_val) if has_val else None, verbose=training.verbosity(),
+        **inputs, epochs=epochs, verbose=training.verbosity(),
         callbacks=[keras.callbacks.TensorBoard(log_dir=str(context.log_dir), profile_batch=0)],
     )
     return {name: [round(float(value), 6) for value in values] for name, values in history.history.items()}
