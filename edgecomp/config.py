@@ -478,6 +478,15 @@ class Config(_Strict):
             if kind in seen:
                 raise ValueError(f"targets[{index}].{kind}: each target may appear once")
             seen.add(kind)
+            quantization = stage_params(item).quantization
+            if "quantize" in kinds and quantization != "int8":
+                raise ValueError(
+                    f"targets[{index}].{kind}.quantization: {quantization} cannot follow a quantize stage: "
+                    "quantization-aware training makes an int8 model, and the converter writes its learned ranges "
+                    "into any file made from it; use quantization: int8"
+                    + (" (the GPU delegate dequantizes it)" if kind == "gpu" else "")
+                    + ", or drop the quantize stage"
+                )
         return self
 
     @property

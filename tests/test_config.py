@@ -68,6 +68,10 @@ def test_defaults_fill_every_section():
         ({"benchmark": {"devices": ["usb://x"]}}, "device 'usb://x' is not available"),
         ({"name": "a/b"}, "name: String should match pattern"),
         ({"data": "digits"}, "data: Input should be a valid dictionary"),
+        ({"stages": [{"quantize": {}}], "targets": [{"cpu": {"quantization": "int8"}}, {"gpu": {}}]},
+         "targets[1].gpu.quantization: float16 cannot follow a quantize stage"),
+        ({"stages": [{"quantize": {}}], "targets": [{"cpu": {"quantization": "float32"}}]},
+         "targets[0].cpu.quantization: float32 cannot follow a quantize stage"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(raw, expected):
