@@ -140,7 +140,8 @@ def read_model(path: str | Path) -> bytes:
     return content
 
 
-def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model", delegates: bool = True):
+def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model", delegates: bool = True, *,
+                     reference: bool = False):
     """An allocated interpreter for ``content``.
 
     Args:
@@ -149,6 +150,10 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
         where: how to name the model in errors.
         delegates: apply the runtime's default delegate (XNNPACK); off to inspect
             the model's own ops rather than the delegate's replacement nodes.
+        reference: run TFLite's reference kernels (``OpResolverType.BUILTIN_REF``,
+            no delegate): the kernels TFLM's are ported from. LiteRT's optimized int8
+            kernels round differently, and on a deep network the differences add up
+            (21 output steps from TFLM on an int8 MobileNetV2; 0 with these).
 
     Raises:
         ModelError: the model fails ``check_model`` or the interpreter rejects it.
@@ -157,8 +162,10 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
     interpreter_type, _ = interpreter_class()
     try:
         kwargs = {}
-        if not delegates:
-            kwargs["experimental_op_resolver_type"] = _resolver_without_delegates()
+        if reference:
+            kwargs["experimental_op_resolver_type"] = _resolver("BUILTIN_REF")
+        elif not delegates:
+            kwargs["experimental_op_resolver_type"] = _resolver("BUILTIN_WITHOUT_DEFAULT_DELEGATES")
         interpreter = interpreter_type(model_content=content, num_threads=num_threads, **kwargs)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
@@ -166,14 +173,14 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
     return interpreter
 
 
-def _resolver_without_delegates():
+def _resolver(name: str):
     module = __import__(interpreter_class()[0].__module__, fromlist=["OpResolverType"])
     resolver = getattr(module, "OpResolverType", None)
     if resolver is None:  # tf.lite keeps it under experimental
         from edgecomp._keras import tf
 
         resolver = tf.lite.experimental.OpResolverType
-    return resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return getattr(resolver, name)
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -199,20 +206,20 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: int = 1, where: str = "model",
-            delegates: bool = True):
+            delegates: bool = True, *, reference: bool = False):
     """Float outputs of the model for every sample in ``x`` (first output tensor).
 
     Batches by resizing the input's first dimension; falls back to one sample at a
     time when the model's input has a fixed batch of 1 or resizing fails.
     """
-    outputs = list(iter_predict(content, x, batch_size, num_threads, where, delegates))
+    outputs = list(iter_predict(content, x, batch_size, num_threads, where, delegates, reference=reference))
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
 def iter_predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_threads: int = 1, where: str = "model",
-                 delegates: bool = True) -> Iterator[np.ndarray]:
+                 delegates: bool = True, *, reference: bool = False) -> Iterator[np.ndarray]:
     """Like ``predict``, one batch of outputs at a time; ``x`` is read one batch at a time."""
-    interpreter = make_interpreter(content, num_threads, where, delegates)
+    interpreter = make_interpreter(content, num_threads, where, delegates, reference=reference)
     input_detail = interpreter.get_input_details()[0]
     signature = input_detail.get("shape_signature", input_detail["shape"])
     expected = tuple(int(d) for d in input_detail["shape"][1:])
@@ -229,7 +236,7 @@ def iter_predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_thread
             except (ValueError, RuntimeError) as error:
                 if batch == 1:
                     raise ModelError(f"{where}: the interpreter cannot take one sample: {error}") from None
-                yield from _iter_one_by_one(content, x[start:], num_threads, where, delegates)
+                yield from _iter_one_by_one(content, x[start:], num_threads, where, delegates, reference=reference)
                 return
             current = len(chunk)
             input_detail = interpreter.get_input_details()[0]
@@ -240,14 +247,14 @@ def iter_predict(content: bytes, x: np.ndarray, batch_size: int = 64, num_thread
 
 
 def predict_one_by_one(content: bytes, x: np.ndarray, num_threads: int = 1, where: str = "model",
-                       delegates: bool = True):
+                       delegates: bool = True, *, reference: bool = False):
     """Like ``predict`` with batch 1 and no resizing (for fixed-shape models)."""
-    return np.concatenate(list(_iter_one_by_one(content, x, num_threads, where, delegates)))
+    return np.concatenate(list(_iter_one_by_one(content, x, num_threads, where, delegates, reference=reference)))
 
 
 def _iter_one_by_one(content: bytes, x: np.ndarray, num_threads: int = 1, where: str = "model",
-                     delegates: bool = True) -> Iterator[np.ndarray]:
-    interpreter = make_interpreter(content, num_threads, where, delegates)
+                     delegates: bool = True, *, reference: bool = False) -> Iterator[np.ndarray]:
+    interpreter = make_interpreter(content, num_threads, where, delegates, reference=reference)
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
     for sample in x:

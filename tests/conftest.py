@@ -64,13 +64,13 @@ def run_cli(*args, cwd=None, timeout=300):
                           env=env, timeout=timeout, check=False)
 
 
-def tflite_accuracy(path, dataset, delegates=True):
+def tflite_accuracy(path, dataset, delegates=True, reference=False):
     """Accuracy recomputed here by running the file with the interpreter, sample by sample.
 
-    ``delegates=False``: LiteRT's builtin kernels (no XNNPACK), which round like TFLM's.
+    ``reference=True``: LiteRT's reference kernels, which round like TFLM's.
     """
     from edgecomp import runtime
 
     content = Path(path).read_bytes()
-    outputs = runtime.predict_one_by_one(content, dataset.x_test, delegates=delegates)
+    outputs = runtime.predict_one_by_one(content, dataset.x_test, delegates=delegates, reference=reference)
     return float(np.mean(outputs.argmax(-1) == dataset.y_test))

@@ -19,6 +19,17 @@ def test_file_runs_in_tflm_and_agrees_with_litert(int8_model, tiny_dataset):
     assert abs(metrics["accuracy"] - metrics["litert_accuracy"]) <= 2 / len(tiny_dataset.y_test)
 
 
+def test_litert_reference_kernels_give_tflm_outputs_bit_for_bit(int8_model, tiny_dataset):
+    import numpy as np
+
+    from edgecomp import runtime
+
+    x = tiny_dataset.x_test[:30]
+    tflm = micro.predict(int8_model, x, micro.find_arena(int8_model, x[0]))
+    step = runtime.io_details(int8_model)["outputs"][0]["scale"]
+    np.testing.assert_array_equal(np.rint(tflm / step), np.rint(runtime.predict(int8_model, x, reference=True) / step))
+
+
 def test_arena_search_finds_the_smallest_working_arena(int8_model, tiny_dataset):
     arena = micro.find_arena(int8_model, tiny_dataset.x_test[0])
     assert arena % micro.ALIGNMENT == 0

@@ -63,7 +63,7 @@ def test_report_figures_match_the_files(tiny_run):
         assert record.size_bytes == os.path.getsize(path)
         assert record.gzip_bytes == len(gzip.compress(content, compresslevel=9, mtime=0))
         if record.target == "micro":  # measured in TFLM; LiteRT may differ by one quantization step
-            assert record.metrics["litert_accuracy"] == pytest.approx(tflite_accuracy(path, dataset, delegates=False),
+            assert record.metrics["litert_accuracy"] == pytest.approx(tflite_accuracy(path, dataset, reference=True),
                                                                     abs=1e-9)
         else:
             assert record.metrics["accuracy"] == pytest.approx(tflite_accuracy(path, dataset), abs=1e-9)
