@@ -153,7 +153,7 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
         reference: run TFLite's reference kernels (``OpResolverType.BUILTIN_REF``,
             no delegate): the kernels TFLM's are ported from. LiteRT's optimized int8
             kernels round differently, and on a deep network the differences add up
-            (21 output steps from TFLM on an int8 MobileNetV2; 0 with these).
+            (13-21 output steps from TFLM on an int8 MobileNetV2; at most 1 with these).
 
     Raises:
         ModelError: the model fails ``check_model`` or the interpreter rejects it.
