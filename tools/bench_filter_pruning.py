@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecomp import config, data, models, pipeline, runtime  # noqa: E402
 from edgecomp.targets.convert import convert  # noqa: E402
+from invoke_timer import timer  # noqa: E402 - tools/, beside this script
 
 
 def checkpoint_paths(cfg) -> tuple[Path, Path]:
@@ -42,26 +41,6 @@ def checkpoint_paths(cfg) -> tuple[Path, Path]:
     folder = cfg.run_dir / "checkpoints"
     return folder / "00_baseline" / pipeline.CHECKPOINT_FILE, \
         folder / f"{prune_indices[0]:02d}_prune" / pipeline.CHECKPOINT_FILE
-
-
-def timer(content: bytes, sample: np.ndarray, invokes: int, threads: int):
-    """A function that returns the median of ``invokes`` timed ``invoke()`` calls, in ms."""
-    interpreter = runtime.make_interpreter(content, num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], runtime.quantize_input(sample, detail))
-    for _ in range(10):
-        interpreter.invoke()
-
-    def measure() -> float:
-        times = []
-        for _ in range(invokes):
-            start = time.perf_counter()
-            interpreter.invoke()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1000
-
-    return measure
 
 
 def main():

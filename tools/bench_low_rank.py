@@ -11,15 +11,13 @@ kernel weights and the ratios to the unfactorized layer, all from this one run.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
-from edgecomp import runtime
 from edgecomp._keras import keras
 from edgecomp.stages import low_rank
 from edgecomp.targets.convert import convert
+from invoke_timer import timer  # tools/, beside this script
 
 LAYERS = {
     "dense 1024→1024 (batch 1)": ((1024,), lambda: keras.layers.Dense(1024, name="layer")),
@@ -46,25 +44,6 @@ def variants(input_shape, make_layer, quantization: str):
     return out, calibration[:1]
 
 
-def timer(content: bytes, sample: np.ndarray, invokes: int):
-    interpreter = runtime.make_interpreter(content, num_threads=1)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], sample.astype(detail["dtype"]))
-    for _ in range(5):
-        interpreter.invoke()
-
-    def measure() -> float:
-        times = []
-        for _ in range(invokes):
-            start = time.perf_counter()
-            interpreter.invoke()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1000
-
-    return measure
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quantization", choices=("float32", "int8"), default="float32")
@@ -73,7 +52,7 @@ def main():
     args = parser.parse_args()
     for title, (input_shape, make_layer) in LAYERS.items():
         built, sample = variants(input_shape, make_layer, args.quantization)
-        timers = [timer(content, sample, args.invokes) for _, _, content in built]
+        timers = [timer(content, sample, args.invokes, warmup=5) for _, _, content in built]
         best = [float("inf")] * len(built)
         for _ in range(args.rounds):
             for index, measure in enumerate(timers):
