@@ -90,6 +90,11 @@ def _p50(record: TargetRecord) -> Optional[float]:
     return record.benchmarks[0]["latency_ms"].get("p50")
 
 
+def typical_latency(latency: dict) -> Optional[float]:
+    """The p50 of a benchmark's ``latency_ms``, or its mean where the device gives no p50 (adb)."""
+    return latency.get("p50") if latency.get("p50") is not None else latency.get("mean")
+
+
 def _ratio(value, reference) -> str:
     if value is None or reference in (None, 0):
         return "–"
@@ -258,9 +263,7 @@ def plot(report: Report, folder: Path) -> list[Path]:
         for record, label in benchmarked:
             for bench in record.benchmarks:
                 names.append(f"{label}\n{bench['device']}, {bench['threads']} thr")
-                latency = bench["latency_ms"]
-                samples.append(bench.get("latency_samples_ms")
-                               or [latency["p50"] if latency.get("p50") is not None else latency["mean"]])
+                samples.append(bench.get("latency_samples_ms") or [typical_latency(bench["latency_ms"])])
         axes.boxplot(samples, vert=False, showfliers=False)
         axes.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         axes.set_xlabel("latency per inference (ms)")

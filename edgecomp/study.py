@@ -48,6 +48,7 @@ from typing import Optional
 from pydantic import Field, ValidationError, field_validator
 
 from edgecomp import config, files
+from edgecomp import report as report_module
 from edgecomp.config import ClusterConfig, ConfigError, DistillConfig, LowRankConfig, PruneConfig, QuantizeConfig
 
 log = logging.getLogger("edgecomp")
@@ -275,10 +276,7 @@ def table_rows(recipe: str, report, reference, seconds: float, run_dir: Path) ->
 
 
 def _p50(record) -> Optional[float]:
-    if not record.benchmarks:
-        return None
-    latency = record.benchmarks[0]["latency_ms"]
-    return latency.get("p50") if latency.get("p50") is not None else latency.get("mean")
+    return report_module.typical_latency(record.benchmarks[0]["latency_ms"]) if record.benchmarks else None
 
 
 def _ratio(value, reference) -> Optional[float]:
