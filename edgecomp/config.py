@@ -559,6 +559,10 @@ def read_yaml(path: str | Path) -> dict:
 
 def from_dict(raw: dict, source: str = "config") -> Config:
     """Validates a plain dict (as read from YAML) into a ``Config``."""
+    if isinstance(raw, dict) and "base" in raw and "data" not in raw:
+        tool = "search" if "search" in raw else "study"
+        raise ConfigError(f"{source}: this is a {tool} file (it has base:), not a run config; run it with "
+                          f"python -m edgecomp.{tool} --config {source}")
     try:
         return Config.model_validate(raw)
     except ValidationError as error:

@@ -73,6 +73,19 @@ class Report:
             }
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """The report of ``to_dict`` (or of a ``report.json``) as objects again."""
+        reference = data.get("reference")
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{
+            **{key: value for key, value in data.items() if key in known},
+            "stages": [StageRecord(**item) for item in data.get("stages", [])],
+            "reference": None if reference is None else TargetRecord(target="reference", quantization="float32",
+                                                                     **reference),
+            "targets": [TargetRecord(**item) for item in data.get("targets", [])],
+        })
+
     def to_json(self) -> str:
         """``report.json`` text."""
         return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"

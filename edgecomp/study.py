@@ -159,18 +159,34 @@ def selected(study: StudyConfig) -> list[str]:
     return [name for name, kinds in RECIPES.items() if set(kinds) <= given]
 
 
-def run_config(study: StudyConfig, recipe: str) -> config.Config:
-    """The run config of one recipe: the base, this recipe's stages, its own run folder."""
+def run_config(study: StudyConfig, recipe: str, *, name: Optional[str] = None,
+               knobs: Optional[dict[str, dict]] = None, targets: Optional[list] = None,
+               source: str = "study") -> config.Config:
+    """The run config of one recipe: the base, this recipe's stages, its own run folder.
+
+    Args:
+        study: the study (or search) file.
+        recipe: a key of ``RECIPES``.
+        name: the run's name (default: the recipe's).
+        knobs: per technique, parameters that replace the file's (the recipe search's knobs);
+            a technique the file does not configure starts from its defaults.
+        targets: the run's targets as raw config items (default: the base's).
+        source: how an error names the file's kind.
+    """
     stages = []
     for kind in RECIPES[recipe]:
-        params = getattr(study.techniques, kind).model_dump(mode="json", exclude_unset=True)
+        given = getattr(study.techniques, kind)
+        params = given.model_dump(mode="json", exclude_unset=True) if given is not None else {}
+        params.update((knobs or {}).get(kind, {}))
         if kind == "filters":
             stages.append({"prune": {**params, "structure": "filters"}})
         else:
             stages.append({kind: params})
-    raw = {**json.loads(json.dumps(study.base)), "name": recipe, "output_dir": str(study.study_dir / "runs"),
+    raw = {**json.loads(json.dumps(study.base)), "name": name or recipe, "output_dir": str(study.study_dir / "runs"),
            "stages": stages}
-    return config.from_dict(raw, source=f"study recipe {recipe}")
+    if targets is not None:
+        raw["targets"] = targets
+    return config.from_dict(raw, source=f"{source} recipe {name or recipe}")
 
 
 def run(study: StudyConfig, *, resume: bool = False) -> list[dict]:

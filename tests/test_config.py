@@ -10,7 +10,8 @@ from edgecomp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "configs").glob("study_*.yaml"))
-CONFIGS = sorted(set((ROOT / "configs").glob("*.yaml")) - set(STUDIES))
+SEARCHES = sorted((ROOT / "configs").glob("search_*.yaml"))   # loaded in tests/test_search.py
+CONFIGS = sorted(set((ROOT / "configs").glob("*.yaml")) - set(STUDIES) - set(SEARCHES))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
