@@ -238,6 +238,10 @@ class ClusterConfig(_Strict):
     clusters: int = Field(16, ge=2, le=256)
     epochs: int = Field(3, ge=0)
     learning_rate: float = Field(0.0001, gt=0.0)
+    fold_batchnorm: bool = Field(
+        False, description="fold each BatchNormalization into the Conv/Dense before it first, so the clustered "
+                           "kernels are the ones the file stores (else the converter's fold scales each channel)"
+    )
 
 
 class QuantizeConfig(_Strict):
@@ -248,6 +252,10 @@ class QuantizeConfig(_Strict):
     )
     distill_temperature: float = Field(2.0, gt=0.0)
     distill_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    weights: Literal["per_channel", "per_tensor"] = Field(
+        "per_channel", description="Conv2D weight quantization; per_tensor (after a cluster stage) keeps a kernel's "
+                                   "shared values shared in the int8 file: at most `clusters` values per tensor"
+    )
 
 
 class DistillStage(_Strict):
@@ -464,6 +472,11 @@ class Config(_Strict):
             if "low_rank" in kinds and later in kinds[:kinds.index("low_rank")]:
                 raise ValueError(f"stages[{kinds.index('low_rank')}].low_rank: low-rank rewriting replaces the "
                                  f"kernels {later} produced; move it before {later}")
+        if "quantize" in kinds and stage_params(self.stages[kinds.index("quantize")]).weights == "per_tensor" \
+                and "cluster" not in kinds:
+            raise ValueError(f"stages[{kinds.index('quantize')}].quantize.weights: per_tensor is for clustered models "
+                             "(one scale for a kernel's shared values); add a cluster stage before it, or use "
+                             "per_channel")
         if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
             raise ValueError(f"stages[{kinds.index('quantize')}].quantize: quantization-aware training must be "
                              "the last stage; move it after the others")

@@ -54,8 +54,6 @@ import io
 import itertools
 import json
 import logging
-import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +61,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from edgecomp import config, files, study
+from edgecomp import config, files, study, trials
 from edgecomp.config import ConfigError
 from edgecomp.errors import EdgecompError
 
@@ -158,9 +156,15 @@ class SearchFileConfig(study.StudyConfig):
         if limits.max_arena_kb is not None and kind != "micro":
             raise ValueError("search.constraints.max_arena_kb: only a micro target has a tensor arena; "
                              "drop the key or search for a micro target")
-        if kind == "micro" and (limits.max_latency_ms is not None or self.search.objective == "fastest"):
-            raise ValueError("search: a micro target is not timed (host timings do not predict a microcontroller); "
-                             "drop max_latency_ms and use objective smallest or most_accurate")
+        timed = limits.max_latency_ms is not None or self.search.objective == "fastest"
+        if timed and kind != "cpu":
+            raise ValueError(f"search: the {kind} target's files are not timed by the benchmark devices (only cpu "
+                             "files are); drop max_latency_ms and use objective smallest or most_accurate, or "
+                             "search for a cpu target")
+        devices = list(self.base.get("benchmark", {}).get("devices") or ["local"])
+        if self.search.device is not None and self.search.device not in devices:
+            raise ValueError(f"search.device: {self.search.device} is not among base.benchmark.devices "
+                             f"({', '.join(devices)}); add it there")
         if "quantization" in self.search.space and kind in ("micro", "edgetpu"):
             raise ValueError(f"search.space.quantization: the {kind} target is int8 only; drop the knob")
         return self
@@ -421,152 +425,6 @@ def _device(search: SearchFileConfig) -> str:
     return search.search.device or devices[0]
 
 
-# ---- trials -----------------------------------------------------------------------
-
-
-def run_trial(raw_config: dict, baseline: dict[str, bytes], output_dir: Optional[str] = None,
-              resume: bool = False) -> dict:
-    """Runs one candidate: its config in, its report out. The function a Ray task runs.
-
-    Args:
-        raw_config: the candidate's run config as plain data.
-        baseline: the baseline checkpoint's files (name → bytes), reused instead of retraining.
-        output_dir: where the run folder goes; None: a temporary folder, whose files
-            (all but the checkpoints) come back in the result.
-        resume: reuse the run folder's finished stages.
-
-    Returns:
-        ``{"report": report.json's data, "files": {relative path: bytes}, "seconds": s}``,
-        or ``{"error": message}`` when the run failed.
-    """
-    from edgecomp import pipeline
-
-    if not logging.getLogger().handlers:   # a Ray worker: show the trial's progress on the driver
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-        log.setLevel(logging.INFO)
-    started = time.time()
-    scratch = None
-    if output_dir is None:
-        scratch = tempfile.mkdtemp(prefix="edgecomp-trial-")
-        output_dir = scratch
-    try:
-        cfg = config.from_dict({**raw_config, "output_dir": output_dir}, source=f"trial {raw_config.get('name')}")
-        folder = cfg.run_dir / "checkpoints" / "00_baseline"
-        if not folder.exists():
-            files.write_dir(folder, baseline)
-        try:
-            report = pipeline.run(cfg, resume=True)
-        except EdgecompError as error:
-            return {"error": str(error), "seconds": time.time() - started}
-        outputs = {}
-        if scratch is not None:
-            for path in sorted(cfg.run_dir.rglob("*")):
-                relative = path.relative_to(cfg.run_dir)
-                if path.is_file() and relative.parts[0] != "checkpoints":
-                    outputs[str(relative)] = path.read_bytes()
-        return {"report": report.to_dict(), "files": outputs, "seconds": time.time() - started}
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-class LocalBackend:
-    """Trials one after another in this process, each in its run folder."""
-
-    name = "local"
-
-    def __init__(self, runs_dir: Path):
-        self.runs_dir = runs_dir
-
-    def run(self, trials: list[tuple[dict, dict[str, bytes]]]) -> list[dict]:
-        """Runs ``(raw config, baseline files)`` trials; results in the same order."""
-        return [run_trial(raw, baseline, str(self.runs_dir)) for raw, baseline in trials]
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class RayBackend:
-    """Trials as Ray tasks on an existing cluster (``address``) or on one started here.
-
-    Every node needs the same edgecomp installed (``pip install 'edgecomp[ray]'``); a trial
-    carries its config and the baseline checkpoint, and returns its report and files,
-    which are written into this machine's run folder.
-    """
-
-    name = "ray"
-
-    def __init__(self, runs_dir: Path, address: Optional[str], cpus_per_trial: float):
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("search.backend: ray needs the ray package; install it with "
-                              "pip install 'edgecomp[ray]', or use backend: local") from None
-        self.ray = ray
-        self.runs_dir = runs_dir
-        self.started_here = address is None
-        _reachable(address)
-        try:
-            if address is None:
-                ray.init(num_cpus=None, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-                         log_to_driver=True, ignore_reinit_error=True)
-            else:
-                ray.init(address=address, log_to_driver=True, ignore_reinit_error=True)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise EdgecompError(f"search.address: cannot connect to the Ray cluster at {address!r}: "
-                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; "
-                                "if the cluster uses token authentication (Ray's default since 2.5x), set "
-                                "RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
-                                ) from None
-        self.task = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(run_trial)
-        log.info("search: Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
-
-    def run(self, trials: list[tuple[dict, dict[str, bytes]]]) -> list[dict]:
-        """Submits every trial at once; waits for all; writes each one's files into its run folder."""
-        baseline = self.ray.put(trials[0][1]) if trials else None
-        futures = [self.task.remote(raw, baseline) for raw, _ in trials]
-        results = []
-        for (raw, _), future in zip(trials, futures):
-            try:
-                result = self.ray.get(future)
-            except self.ray.exceptions.RayError as error:
-                result = {"error": f"the Ray task failed: {str(error).strip().splitlines()[-1]}"}
-            folder = self.runs_dir / raw["name"]
-            for relative, content in (result.get("files") or {}).items():
-                files.write_bytes(folder / relative, content)
-            result.pop("files", None)
-            results.append(result)
-        return results
-
-    def close(self) -> None:
-        """Disconnects (and stops the Ray instance when this process started it)."""
-        self.ray.shutdown()
-
-
-def _reachable(address: Optional[str]) -> None:
-    """Refuses at once a ``host:port`` where nothing listens (``ray.init`` would retry for minutes)."""
-    if address is None or address == "auto":
-        return
-    where = address.split("://", 1)[-1]
-    host, _, port = where.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"search.address: {address!r} is not host:port (or ray://host:port, or auto)")
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as error:
-        raise EdgecompError(f"search.address: cannot connect to the Ray cluster at {address!r}: "
-                            f"{error.strerror or error}; start it with `ray start --head`, or leave address "
-                            "out to start one here") from None
-
-
-def open_backend(search: SearchFileConfig):
-    """The backend ``search.backend`` names."""
-    runs_dir = search.study_dir / "runs"
-    if search.search.backend == "ray":
-        return RayBackend(runs_dir, search.search.address, search.search.cpus_per_trial)
-    return LocalBackend(runs_dir)
-
-
 # ---- the search -------------------------------------------------------------------
 
 
@@ -596,7 +454,8 @@ def run(search: SearchFileConfig, *, resume: bool = False) -> Outcome:
     reference_accuracy = (reference.metrics or {}).get("accuracy")
     baseline_files = _read_dir(base_cfg.run_dir / "checkpoints" / "00_baseline")
     checks = StructureChecks(search, base_cfg.run_dir)
-    backend = open_backend(search)
+    backend = trials.open_backend(search.search.backend, search.study_dir / "runs", search.search.address,
+                                  search.search.cpus_per_trial)
     tried = 0
     try:
         round_number = 0
@@ -606,7 +465,7 @@ def run(search: SearchFileConfig, *, resume: bool = False) -> Outcome:
             if not picks:
                 break
             round_number += 1
-            trials: list[tuple[Candidate, config.Config]] = []
+            batch: list[tuple[Candidate, config.Config]] = []
             for candidate in picks:
                 if tried >= search.search.max_candidates:
                     candidate.verdict, candidate.reason = "not tried", \
@@ -615,8 +474,8 @@ def run(search: SearchFileConfig, *, resume: bool = False) -> Outcome:
                 tried += 1
                 trial = _structure_step(search, checks, candidate, round_number, reference)
                 if trial is not None:
-                    trials.append(trial)
-            _run_round(search, backend, trials, baseline_files, reference, reference_accuracy, resume, Report)
+                    batch.append(trial)
+            _run_round(search, backend, batch, baseline_files, reference, reference_accuracy, resume, Report)
             if tried >= search.search.max_candidates:
                 for candidate in found:
                     if candidate.verdict == "untried":
@@ -710,10 +569,10 @@ def _measured_text(row: dict) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def _run_round(search, backend, trials, baseline_files, reference, reference_accuracy, resume, report_type) -> None:
+def _run_round(search, backend, batch, baseline_files, reference, reference_accuracy, resume, report_type) -> None:
     """Runs the round's trials on the backend (reusing finished ones with --resume) and judges them."""
     pending, results = [], {}
-    for candidate, cfg in trials:
+    for candidate, cfg in batch:
         reused = _finished_report(cfg) if resume else None
         if reused is not None:
             log.info("search: resume: reusing %s's finished run", candidate.name)
@@ -725,7 +584,7 @@ def _run_round(search, backend, trials, baseline_files, reference, reference_acc
                  ", ".join(candidate.name for candidate, _ in pending))
         outputs = backend.run([(config.to_dict(cfg), baseline_files) for _, cfg in pending])
         results.update({candidate.name: output for (candidate, _), output in zip(pending, outputs)})
-    for candidate, cfg in trials:
+    for candidate, cfg in batch:
         judge(search, candidate, results[candidate.name], reference, reference_accuracy, cfg, report_type)
 
 
@@ -770,6 +629,9 @@ def judge(search, candidate: Candidate, result: dict, reference, reference_accur
 
         candidate.verdict, candidate.reason = "rejected", f"the {record.target} target's checks failed: " \
                                                           f"{failed_rules(record)}"
+    elif search.search.constraints.max_latency_ms is not None and measured.p50_ms is None:
+        candidate.verdict = "rejected"
+        candidate.reason = f"no latency was measured on {_device(search)}; see runs/{candidate.name}/report.md"
     elif why := budget_violation(search, measured):
         candidate.verdict, candidate.reason, candidate.budget_failed = "rejected", why, True
     elif why := accuracy_violation(search, measured.accuracy, reference_accuracy):

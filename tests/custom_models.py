@@ -52,3 +52,39 @@ def awkward(input_shape, num_classes, elu=False):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs, name="awkward")
+
+
+def batchnorm_everywhere(input_shape, num_classes):
+    """BatchNorms that fold (after a Conv, a DepthwiseConv, a Dense) and ones that must stay: after an
+    activation, after an Add, and after a Conv whose output also feeds a second branch."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_conv")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="depthwise")(x)
+    y = keras.layers.BatchNormalization(name="bn_depthwise")(y)
+    shared = keras.layers.Conv2D(16, 1, name="shared")(x)
+    z = keras.layers.BatchNormalization(name="bn_shared")(shared)
+    added = keras.layers.Add(name="add")([y, z, shared])
+    added = keras.layers.BatchNormalization(name="bn_add")(added)
+    relu = keras.layers.Conv2D(8, 1, activation="relu", name="conv_relu")(added)
+    relu = keras.layers.BatchNormalization(name="bn_after_relu")(relu)
+    pooled = keras.layers.GlobalAveragePooling2D()(relu)
+    dense = keras.layers.Dense(12, name="dense")(pooled)
+    dense = keras.layers.BatchNormalization(name="bn_dense")(dense)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(dense)
+    return keras.Model(inputs, outputs, name="batchnorm_everywhere")
+
+
+def conv_relu_no_batchnorm(input_shape, num_classes):
+    """Conv2D → ReLU layer and Dense → Activation('relu') without BatchNorm: tfmot's ReLU transforms match here."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    x = keras.layers.Activation("relu", name="relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(16, name="dense")(x)
+    x = keras.layers.ReLU(name="relu3")(x)
+    outputs = keras.layers.Dense(num_classes, name="head")(x)
+    return keras.Model(inputs, outputs, name="conv_relu_no_batchnorm")

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from conftest import run_cli, tflite_accuracy
-from edgecomp import config, data, search
-from edgecomp.errors import ConfigError
+from edgecomp import data, search, trials
+from edgecomp.errors import ConfigError, EdgecompError
 
 MAX_SIZE_KB = 18
 
@@ -129,6 +129,7 @@ def test_constraints_say_which_limit_was_missed_by_how_much(tmp_path):
     ({"search.objective": "tiniest"}, "search.objective"),
     ({"search.backend": "dask"}, "search.backend"),
     ({"recipes": ["qat"]}, "recipes: qat needs techniques.quantize"),
+    ({"search.device": "ssh://pi@rpi"}, "search.device: ssh://pi@rpi is not among base.benchmark.devices (local)"),
 ])
 def test_bad_search_file_is_one_line_naming_the_key(tmp_path, changes, expected):
     path = write(tmp_path / "bad.yaml", search_file(tmp_path, **changes))
@@ -141,7 +142,7 @@ def test_bad_search_file_is_one_line_naming_the_key(tmp_path, changes, expected)
 def test_micro_search_refuses_latency_goals(tmp_path):
     raw = search_file(tmp_path, **{"base.targets": [{"micro": {}}], "search.objective": "fastest"})
     raw["search"]["space"] = {"filters.sparsity": [0.5]}
-    with pytest.raises(ConfigError, match="a micro target is not timed"):
+    with pytest.raises(ConfigError, match="the micro target's files are not timed by the benchmark devices"):
         search.load(write(tmp_path / "bad.yaml", raw))
 
 
@@ -298,8 +299,8 @@ def test_ray_backend_with_no_cluster_at_the_address_is_one_line(tmp_path):
     pytest.importorskip("ray")
     raw = search_file(tmp_path, **{"search.backend": "ray", "search.address": f"127.0.0.1:{_free_port()}"})
     parsed = search.SearchFileConfig.model_validate(raw)
-    with pytest.raises(search.EdgecompError, match="cannot connect to the Ray cluster at '127.0.0.1:"):
-        search.open_backend(parsed)
+    with pytest.raises(EdgecompError, match="cannot connect to the Ray cluster at '127.0.0.1:"):
+        trials.open_backend("ray", tmp_path, parsed.search.address)
 
 
 def test_train_on_a_search_file_says_which_command_runs_it():

@@ -4,6 +4,12 @@ Each clusterable kernel ends with at most ``clusters`` distinct values (plus zer
 when a ``prune`` stage ran before: sparsity is preserved then, so pruned weights
 stay zero). Kernels with fewer weights than clusters are left as they are.
 
+With ``fold_batchnorm``, each BatchNormalization is first folded into the Conv/Dense
+before it (``edgecomp.stages.batchnorm``): the converter would otherwise fold it after
+clustering and scale every output channel differently, so the file's kernels would
+hold a different set of values per channel. With ``quantize: {weights: per_tensor}``
+after it, every kernel in the int8 file holds at most ``clusters`` values.
+
 Example:
     >>> new_model, record = cluster.apply(model, config.ClusterConfig(clusters=16), context)  # doctest: +SKIP
 """
@@ -15,7 +21,7 @@ from tensorflow_model_optimization.python.core.clustering.keras import clusterin
 
 from edgecomp._keras import keras
 from edgecomp.config import ClusterConfig
-from edgecomp.stages import common
+from edgecomp.stages import batchnorm, common
 
 clustering_api = tfmot.clustering.keras
 
@@ -63,7 +69,11 @@ def wrap_model(model, params: ClusterConfig, preserve_sparsity: bool):
 def apply(model, params: ClusterConfig, context):
     """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
     preserve_sparsity = "prune" in context.previous
+    folded, kept = [], []
+    if params.fold_batchnorm:
+        model, folded, kept = batchnorm.fold_batchnorm(model)
     wrapped, clustered, skipped = wrap_model(model, params, preserve_sparsity)
+    skipped = kept + skipped
     common.finetune(wrapped, context, params.epochs, params.learning_rate)
     stripped = clustering_api.strip_clustering(wrapped)
     statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in clustered}
@@ -72,6 +82,7 @@ def apply(model, params: ClusterConfig, context):
         "preserve_sparsity": preserve_sparsity,
         "max_unique_values": max((s["unique_values"] for s in statistics.values()), default=0),
         "achieved_sparsity": common.total_sparsity(statistics),
+        "folded_batchnorm": [{"layer": producer, "batchnorm": norm} for producer, norm in folded],
         "layers": statistics,
     }
     return stripped, common.record("cluster", stripped, context, skipped, details)
