@@ -4,10 +4,10 @@ one scale per kernel, so the int8 file holds at most ``clusters`` values per ker
 import numpy as np
 import pytest
 
-from edgecomp import config, data, models, runtime, stages, training
+from edgecomp import config, models, runtime, stages, training
 from edgecomp._keras import keras
 from edgecomp.errors import ConfigError
-from edgecomp.stages import batchnorm, common, quantize
+from edgecomp.stages import batchnorm, quantize
 from edgecomp.targets import cpu
 from edgecomp.targets.convert import convert
 
