@@ -113,3 +113,30 @@ def test_fold_cluster_per_tensor_qat_leaves_at_most_clusters_values_per_kernel(t
 def test_per_tensor_weights_without_a_cluster_stage_is_refused():
     with pytest.raises(ConfigError, match=r"stages\[1\].quantize.weights: per_tensor is for clustered models"):
         config.from_dict({"stages": [{"prune": {}}, {"quantize": {"weights": "per_tensor"}}]})
+
+
+def test_per_tensor_clustered_kernels_get_one_lut_each_and_tflm_outputs_stay_identical(tiny_model, tiny_dataset,
+                                                                                       context):
+    from edgecomp import data
+    from edgecomp.targets import micro
+
+    wide = keras.Sequential([keras.Input(tiny_dataset.input_shape), keras.layers.Conv2D(64, 3, use_bias=False),
+                             keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                             keras.layers.Conv2D(64, 3, use_bias=False), keras.layers.BatchNormalization(),
+                             keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(tiny_dataset.num_classes)])
+    keras.utils.set_random_seed(0)
+    training.fit(wide, tiny_dataset, epochs=2, learning_rate=0.01, batch_size=32, patience=0)
+    pruned, _ = stages.apply("prune", models.copy(wide), config.PruneConfig(sparsity=0.5, epochs=1), context)
+    after_prune = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
+    clustered, _ = stages.apply("cluster", pruned, config.ClusterConfig(clusters=8, epochs=1, fold_batchnorm=True),
+                                after_prune)
+    after = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune", "cluster"))
+    # No QAT epochs: this checks the lookup tables, not how well QAT keeps the clusters.
+    quantized, _ = stages.apply("quantize", clustered, config.QuantizeConfig(epochs=0, weights="per_tensor"), after)
+    content = convert(quantized, "int8", "int8", data.representative_samples(tiny_dataset, 30))
+    compressed, record = micro.lut_variant(content, 8, tiny_dataset.x_test[:20])
+    assert compressed is not None, record
+    assert record["outputs_identical"]
+    saved = max(item["saved_bytes"] for item in record["tensors"])   # the 64x64x3x3 kernel, one table
+    assert saved > 0.6 * 64 * 64 * 9   # 3-bit indices instead of 8-bit values: 5/8 saved, less the table

@@ -160,7 +160,8 @@ def lut_compress(content: bytes, clusters: int) -> tuple[bytes, list[dict]]:
     Each candidate (int8 weights with at most ``clusters`` + 1 distinct values per
     output channel; the +1 is the zero of pruned weights) is tried alone and kept
     only if the file shrinks: per-channel tables cost bytes, and on small tensors
-    they outweigh the packed indices.
+    they outweigh the packed indices. A tensor with one quantization scale
+    (``quantize: {weights: per_tensor}``) gets one table for the whole tensor.
 
     Returns:
         ``(compressed bytes, [{"tensor", "saved_bytes"}])``; the input when nothing saves.
@@ -179,16 +180,20 @@ def lut_compress(content: bytes, clusters: int) -> tuple[bytes, list[dict]]:
             values = interpreter.get_tensor(index)
         except ValueError:
             continue
-        axis = int(details[index]["quantization_parameters"]["quantized_dimension"])
-        rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-        distinct = max(np.unique(row).size for row in rows)
+        quantization = details[index]["quantization_parameters"]
+        if len(quantization["scales"]) <= 1:   # one scale (quantize weights: per_tensor): one table
+            mode, distinct = spec.PerTensor(), np.unique(values).size
+        else:
+            axis = int(quantization["quantized_dimension"])
+            rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+            mode, distinct = spec.PerChannel(axis=axis), max(np.unique(row).size for row in rows)
         if values.dtype == np.int8 and distinct <= clusters + 1:
-            candidates.append((index, axis, max(1, int(np.ceil(np.log2(distinct))))))
+            candidates.append((index, mode, max(1, int(np.ceil(np.log2(distinct))))))
 
     def build(chosen):
         builder = SpecBuilder()
-        for index, axis, bits in chosen:
-            builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=spec.PerChannel(axis=axis))
+        for index, mode, bits in chosen:
+            builder.add_tensor(0, index).with_lut(index_bitwidth=bits, mode=mode)
         return bytes(compress(content, builder.build()))
 
     kept, savings = [], []
