@@ -107,7 +107,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             before = model
             with distribute.scope():   # models are copied, wrapped and compiled in the strategy's scope
                 model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
-            model = _outside_strategy(model, kind, before, tuple(previous))
+            model = _outside_strategy(model, kind, before, tuple(previous), stage_params(item))
             record.seconds = time.time() - started_stage
             if kind not in UNCHECKPOINTED_STAGES:
                 checkpoints.save(index, kind, model, record)
@@ -133,7 +133,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     return report
 
 
-def _outside_strategy(model, kind: str = "baseline", before=None, previous: tuple[str, ...] = ()):
+def _outside_strategy(model, kind: str = "baseline", before=None, previous: tuple[str, ...] = (), params=None):
     """The trained model with ordinary variables: what is saved, converted and trained next.
 
     Without a strategy this is ``model`` itself. Under one, every worker makes the
@@ -147,7 +147,7 @@ def _outside_strategy(model, kind: str = "baseline", before=None, previous: tupl
     if kind == "quantize":
         from edgecomp.stages import quantize
 
-        plain = quantize.wrap_model(models.copy(before), previous)[0]
+        plain = quantize.wrap_model(models.copy(before), previous, params.weights)[0]
     else:
         plain = keras.models.clone_model(model)
     plain.set_weights(model.get_weights())

@@ -26,11 +26,11 @@ How it searches:
    ``runs/<candidate>/`` (the baseline checkpoint is reused); its ``.tflite`` is
    verified and measured, and the constraints are checked on those measurements.
 5. **Dominance**: a candidate at least as compressed (every knob at least as
-   aggressive) as one that missed an accuracy constraint is not tried; nor is one at
-   most as compressed as one that missed a size, arena or latency constraint. With
+   aggressive) as one that missed an accuracy constraint is not tried. With
    ``objective: most_accurate`` a candidate more compressed than one that met every
    constraint is not tried either (the search assumes more compression costs
-   accuracy; list its knob values to try them anyway, as their own recipe order).
+   accuracy). Candidates run least compressed first, so a size, arena or latency
+   miss rules out nothing further: a later candidate is more compressed.
 6. The best candidate that met every constraint (by the objective) is written as
    ``best.yaml``, a run config to run again with ``python -m edgecomp.train``;
    ``search.md``/``.csv``/``.json`` list every candidate, with why each rejected one
@@ -89,6 +89,7 @@ KNOBS: dict[str, Knob] = {
 }
 # From the least to the most compressed file.
 QUANTIZATION_ORDER = ("float32", "float16", "int16x8", "dynamic", "int8")
+TARGET_QUANTIZATIONS = {"cpu": QUANTIZATION_ORDER, "gpu": ("float32", "float16", "int8")}
 STRUCTURAL_STAGES = ("filters", "low_rank")
 LATENCY_MARGIN = 1.15   # the structure check rejects only latencies clearly over the limit: timings are noisy
 COLUMNS = ("candidate", "recipe", "knobs", "verdict", "reason", "size_bytes", "arena_bytes", "gzip_bytes",
@@ -148,7 +149,7 @@ class SearchFileConfig(study.StudyConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        targets = [next(iter(item)) for item in self.base.get("targets", [{"cpu": {}}]) if isinstance(item, dict)]
+        targets = _target_kinds(self.base)
         kind = self.search.target or (targets[0] if targets else "cpu")
         if kind not in targets:
             raise ValueError(f"search.target: {kind} is not among base.targets ({', '.join(targets)}); add it there")
@@ -165,15 +166,26 @@ class SearchFileConfig(study.StudyConfig):
         if self.search.device is not None and self.search.device not in devices:
             raise ValueError(f"search.device: {self.search.device} is not among base.benchmark.devices "
                              f"({', '.join(devices)}); add it there")
-        if "quantization" in self.search.space and kind in ("micro", "edgetpu"):
-            raise ValueError(f"search.space.quantization: the {kind} target is int8 only; drop the knob")
+        if "quantization" in self.search.space:
+            allowed = TARGET_QUANTIZATIONS.get(kind, ("int8",))
+            wrong = [value for value in self.search.space["quantization"] if value not in allowed]
+            if wrong:
+                raise ValueError(f"search.space.quantization: the {kind} target takes {', '.join(allowed)}, "
+                                 f"not {', '.join(wrong)}")
         return self
 
     @property
     def target_kind(self) -> str:
         """The kind of the target the constraints apply to."""
-        targets = [next(iter(item)) for item in self.base.get("targets", [{"cpu": {}}])]
-        return self.search.target or targets[0]
+        return self.search.target or (_target_kinds(self.base) or ["cpu"])[0]
+
+
+def _target_kinds(base: dict) -> list[str]:
+    """The target kinds of a raw base config (malformed items are left to the run config's validation)."""
+    targets = base.get("targets", [{"cpu": {}}])
+    if not isinstance(targets, list):
+        return []
+    return [next(iter(item)) for item in targets if isinstance(item, dict) and len(item) == 1]
 
 
 @dataclasses.dataclass
@@ -187,7 +199,6 @@ class Candidate:
     verdict: str = "untried"   # untried → met | rejected | not tried | failed; the winner becomes best
     reason: str = ""
     accuracy_failed: bool = False
-    budget_failed: bool = False   # missed a size, arena or latency limit
     row: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
@@ -213,12 +224,27 @@ def load(path: str | Path, overrides=()) -> SearchFileConfig:
         search = SearchFileConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {config.format_validation_error(error)}") from None
+    chosen = recipes(search)
+    used = {kind for name in chosen for kind in study.RECIPES[name]}
+    for key in search.search.space:
+        if key != "quantization" and key.split(".")[0] not in used:
+            raise ConfigError(f"{path}: search.space.{key}: no recipe searched uses {key.split('.')[0]} "
+                              f"(recipes: {', '.join(chosen)}); drop the knob or add a recipe with it")
+    if "int8" not in search.search.space.get("quantization", ("int8",)):
+        qat = [name for name in chosen if "quantize" in study.RECIPES[name]]
+        if qat:
+            raise ConfigError(f"{path}: search.space.quantization: recipe {qat[0]} (QAT) makes int8 files; add int8 "
+                              "to the values or drop the QAT recipes")
     found = candidates(search)
     if not found:
         raise ConfigError(f"{path}: search: no recipe to search; give techniques (or space knobs) for a recipe "
                           f"in recipes, e.g. techniques.filters and recipes: [filters_qat]")
     for candidate in found:
-        trial_config(search, candidate)
+        try:
+            trial_config(search, candidate)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: search.space: candidate {candidate.name} ({candidate.knob_text}) is not a "
+                              f"valid run: {str(error).split(': ', 1)[-1]}") from None
     return search
 
 
@@ -516,22 +542,15 @@ def _apply_dominance(search: SearchFileConfig, found: list[Candidate]) -> None:
         for other in found:
             if other is candidate or other.recipe != candidate.recipe:
                 continue
+            # Candidates run least compressed first, so only rules about *more* compressed ones can fire.
             if other.accuracy_failed and at_least_as_compressed(candidate, other):
                 candidate.verdict = "not tried"
                 candidate.reason = f"at least as compressed as {other.name}, which missed: {other.reason}"
-            elif other.budget_failed and at_least_as_compressed(other, candidate):
-                candidate.verdict = "not tried"
-                candidate.reason = f"at most as compressed as {other.name}, which missed: {other.reason}"
             elif other.verdict == "met" and search.search.objective == "most_accurate" \
                     and at_least_as_compressed(candidate, other):
                 candidate.verdict = "not tried"
                 candidate.reason = (f"objective most_accurate: {other.name}, less compressed, already met every "
                                     "constraint")
-            elif other.verdict == "met" and search.search.objective != "most_accurate" \
-                    and at_least_as_compressed(other, candidate):
-                candidate.verdict = "not tried"
-                candidate.reason = (f"objective {search.search.objective}: {other.name}, at least as compressed, "
-                                    "already met every constraint")
             if candidate.verdict != "untried":
                 break
 
@@ -557,7 +576,6 @@ def _structure_step(search, checks: StructureChecks, candidate: Candidate, round
              f"rejected: {why}" if why else "trial")
     if why:
         candidate.verdict, candidate.reason = "rejected", f"structure check, before fine-tuning: {why}"
-        candidate.budget_failed = True
         return None
     return candidate, cfg
 
@@ -597,7 +615,9 @@ def _finished_report(cfg: config.Config) -> Optional[dict]:
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         wanted = config.to_dict(cfg)
         same = {**saved, "output_dir": None} == {**wanted, "output_dir": None}
-        return json.loads((folder / "report.json").read_text()) if same else None
+        # A run writes config.yaml first and report.json last: an older report belongs to an earlier config.
+        finished = (folder / "report.json").stat().st_mtime_ns >= (folder / "config.yaml").stat().st_mtime_ns
+        return json.loads((folder / "report.json").read_text()) if same and finished else None
     except (OSError, ValueError, TypeError, yaml.YAMLError):
         return None
 
@@ -610,7 +630,10 @@ def judge(search, candidate: Candidate, result: dict, reference, reference_accur
         log.warning("search: %s %s", candidate.name, candidate.reason)
         return
     report = report_type.from_dict(result["report"])
-    record = next(item for item in report.targets if item.target == search.target_kind)
+    record = next((item for item in report.targets if item.target == search.target_kind), None)
+    if record is None:
+        candidate.verdict, candidate.reason = "failed", f"the run's report has no {search.target_kind} target"
+        return
     rows = study.table_rows(candidate.recipe, report, reference, candidate.seconds, cfg.run_dir)
     row = next(item for item in rows if item["target"] == search.target_kind)
     details = record.compatibility.get("details") or {}
@@ -619,9 +642,7 @@ def judge(search, candidate: Candidate, result: dict, reference, reference_accur
         row["size_bytes"], row["arena_bytes"] = lut["flash_bytes_after"], lut.get("arena_bytes")
     else:
         row["arena_bytes"] = details.get("arena_bytes")
-    p50 = _latency_on(record, _device(search))
-    if p50 is not None:
-        row["p50_ms"] = p50
+    row["p50_ms"] = _latency_on(record, _device(search))   # None when that device gave no timing
     candidate.row.update(row)
     measured = Measured(row["size_bytes"], row.get("arena_bytes"), row.get("p50_ms"), row.get("accuracy"))
     if not record.compatibility.get("ok"):
@@ -633,7 +654,7 @@ def judge(search, candidate: Candidate, result: dict, reference, reference_accur
         candidate.verdict = "rejected"
         candidate.reason = f"no latency was measured on {_device(search)}; see runs/{candidate.name}/report.md"
     elif why := budget_violation(search, measured):
-        candidate.verdict, candidate.reason, candidate.budget_failed = "rejected", why, True
+        candidate.verdict, candidate.reason = "rejected", why
     elif why := accuracy_violation(search, measured.accuracy, reference_accuracy):
         candidate.verdict, candidate.reason, candidate.accuracy_failed = "rejected", why, True
     else:

@@ -178,6 +178,8 @@ def run_config(study: StudyConfig, recipe: str, *, name: Optional[str] = None,
         given = getattr(study.techniques, kind)
         params = given.model_dump(mode="json", exclude_unset=True) if given is not None else {}
         params.update((knobs or {}).get(kind, {}))
+        if kind == "quantize" and "cluster" not in RECIPES[recipe]:
+            params.pop("weights", None)   # per-tensor weights are for clustered kernels; the others keep per-channel
         if kind == "filters":
             stages.append({"prune": {**params, "structure": "filters"}})
         else:

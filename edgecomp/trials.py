@@ -53,9 +53,8 @@ def run_trial(raw_config: dict, baseline: dict[str, bytes], output_dir: Optional
         output_dir = scratch
     try:
         cfg = config.from_dict({**raw_config, "output_dir": output_dir}, source=f"trial {raw_config.get('name')}")
-        folder = cfg.run_dir / "checkpoints" / "00_baseline"
-        if not folder.exists():
-            files.write_dir(folder, baseline)
+        # Always this search's baseline: a folder left by an earlier search may hold another one.
+        files.write_dir(cfg.run_dir / "checkpoints" / "00_baseline", baseline)
         try:
             report = pipeline.run(cfg, resume=True)
         except EdgecompError as error:
@@ -82,7 +81,14 @@ class LocalBackend:
 
     def run(self, trials: list[tuple[dict, dict[str, bytes]]]) -> list[dict]:
         """Runs ``(raw config, baseline files)`` trials; results in the same order."""
-        return [run_trial(raw, baseline, str(self.runs_dir)) for raw, baseline in trials]
+        results = []
+        for raw, baseline in trials:
+            try:
+                results.append(run_trial(raw, baseline, str(self.runs_dir)))
+            except Exception as error:  # noqa: BLE001 - one broken candidate must not end the search (Ray: same)
+                log.exception("search: trial %s crashed", raw.get("name"))
+                results.append({"error": f"{type(error).__name__}: {error}"})
+        return results
 
     def close(self) -> None:
         """Nothing to release."""

@@ -91,7 +91,7 @@ def test_fewer_clusters_and_lower_rank_count_as_more_compression(tmp_path):
     assert not search.at_least_as_compressed(found[0], found[2])
 
 
-def test_dominance_skips_more_compression_after_an_accuracy_miss_and_less_after_a_size_miss(tmp_path):
+def test_dominance_skips_more_compression_after_an_accuracy_miss(tmp_path):
     raw = search_file(tmp_path)
     raw["search"]["space"] = {"filters.sparsity": [0.25, 0.5, 0.75]}
     parsed = search.SearchFileConfig.model_validate({**raw, "recipes": ["filters"]})
@@ -101,11 +101,30 @@ def test_dominance_skips_more_compression_after_an_accuracy_miss_and_less_after_
     assert (low.verdict, high.verdict) == ("untried", "not tried")
     assert "02_filters, which missed: accuracy 0.4" in high.reason
 
+
+def test_most_accurate_stops_a_recipe_at_its_first_candidate_that_meets_everything(tmp_path):
+    raw = search_file(tmp_path, **{"search.objective": "most_accurate"})
+    raw["search"]["space"] = {"filters.sparsity": [0.25, 0.5, 0.75]}
+    parsed = search.SearchFileConfig.model_validate({**raw, "recipes": ["filters"]})
     low, middle, high = search.candidates(parsed)
-    middle.verdict, middle.reason, middle.budget_failed = "rejected", "size 20.0 KB > max_size_kb 18", True
+    low.verdict = "met"
     search._apply_dominance(parsed, [low, middle, high])
-    assert (low.verdict, high.verdict) == ("not tried", "untried")
-    assert "at most as compressed as 02_filters" in low.reason
+    assert middle.verdict == high.verdict == "not tried"
+    assert "objective most_accurate: 01_filters, less compressed" in high.reason
+
+
+def test_choose_follows_the_objective(tmp_path):
+    found = []
+    for name, size, p50, accuracy in (("a", 100, 3.0, 0.90), ("b", 50, 2.0, 0.80), ("c", 50, 1.0, 0.85),
+                                      ("d", 10, 9.0, 0.70)):
+        found.append(search.Candidate(name, "ptq", {}, verdict="met",
+                                      row={"size_bytes": size, "p50_ms": p50, "accuracy": accuracy}))
+    found.append(search.Candidate("e", "ptq", {}, verdict="rejected", row={"size_bytes": 1, "accuracy": 0.99}))
+    chosen = {}
+    for objective in ("smallest", "fastest", "most_accurate"):
+        parsed = search.SearchFileConfig.model_validate(search_file(tmp_path, **{"search.objective": objective}))
+        chosen[objective] = search.choose(parsed, found).name
+    assert chosen == {"smallest": "d", "fastest": "c", "most_accurate": "a"}
 
 
 def test_constraints_say_which_limit_was_missed_by_how_much(tmp_path):
@@ -130,6 +149,13 @@ def test_constraints_say_which_limit_was_missed_by_how_much(tmp_path):
     ({"search.backend": "dask"}, "search.backend"),
     ({"recipes": ["qat"]}, "recipes: qat needs techniques.quantize"),
     ({"search.device": "ssh://pi@rpi"}, "search.device: ssh://pi@rpi is not among base.benchmark.devices (local)"),
+    ({"base.targets": [{"gpu": {}}], "search.space": {"quantization": ["dynamic"]}},
+     "search.space.quantization: the gpu target takes float32, float16, int8, not dynamic"),
+    ({"recipes": ["ptq"], "search.space": {"filters.sparsity": [0.5]}},
+     "search.space.filters.sparsity: no recipe searched uses filters (recipes: ptq)"),
+    ({"search.space": {"filters.sparsity": [1.5]}},
+     "search.space: candidate 02_filters (filters.sparsity=1.5) is not a valid run: stages[0].prune.sparsity"),
+    ({"base.targets": [{}]}, "base"),
 ])
 def test_bad_search_file_is_one_line_naming_the_key(tmp_path, changes, expected):
     path = write(tmp_path / "bad.yaml", search_file(tmp_path, **changes))
@@ -235,7 +261,8 @@ def test_spent_budget_leaves_the_rest_untried_and_resume_reuses_finished_trials(
 def test_search_with_no_candidate_meeting_the_goal_exits_1_and_says_so(local_search, tmp_path):
     out, _, _ = local_search
     shutil.copytree(out / "tiny_search" / "runs" / "baseline", tmp_path / "tiny_search" / "runs" / "baseline")
-    raw = search_file(tmp_path, recipes=["ptq"], **{"search.constraints": {"max_size_kb": 1}})
+    raw = search_file(tmp_path, recipes=["ptq"], **{"search.constraints": {"max_size_kb": 1},
+                                                     "search.space": {"quantization": ["int8", "float32"]}})
     done = run_cli("edgecomp.search", "--config", str(write(tmp_path / "search.yaml", raw)), "--resume")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "no candidate met every constraint" in done.stdout
@@ -308,3 +335,19 @@ def test_train_on_a_search_file_says_which_command_runs_it():
     assert done.returncode == 2
     assert "this is a search file (it has base:), not a run config; run it with python -m edgecomp.search" \
         in done.stderr
+
+
+def test_a_qat_recipe_with_only_float_quantizations_says_it_needs_int8(tmp_path):
+    raw = search_file(tmp_path, recipes=["filters_qat"], **{"search.space": {"quantization": ["float16"]}})
+    raw["techniques"]["quantize"] = {"epochs": 1}
+    with pytest.raises(ConfigError, match="recipe filters_qat .QAT. makes int8 files; add int8"):
+        search.load(write(tmp_path / "bad.yaml", raw))
+
+
+def test_latency_is_read_from_the_search_device_only(tmp_path):
+    from edgecomp.report import TargetRecord
+
+    record = TargetRecord("cpu", "int8", "cpu/model.tflite", 1, 1, {}, {"ok": True},
+                          benchmarks=[{"device": "local", "latency_ms": {"p50": 0.3}}])
+    assert search._latency_on(record, "local") == 0.3
+    assert search._latency_on(record, "ssh://pi@rpi") is None   # the Pi gave no timing: not local's

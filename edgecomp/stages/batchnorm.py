@@ -49,30 +49,56 @@ def foldable_pairs(model) -> tuple[list[tuple[str, str]], list[dict]]:
     """
     pairs, kept = [], []
     consumers = _consumers(model)
+    outputs = {output._keras_history.layer.name for output in model.outputs}   # noqa: SLF001
+    referenced_by_keyword = _keyword_references(model.get_config().get("layers", []))
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         nodes = layer._inbound_nodes   # noqa: SLF001
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        rank = len(layer.input_shape) if not isinstance(layer.input_shape, list) else 0
         producer = nodes[0].inbound_layers if len(nodes) == 1 else None
         if isinstance(producer, list):
             producer = producer[0] if len(producer) == 1 else None
         if producer is None:
             reason = "not a single call with a single input"
+        elif layer.name in outputs:
+            reason = "it is a model output (folding would rename the output)"
+        elif layer.name in referenced_by_keyword:
+            reason = "a layer takes its output as a keyword argument"
         elif type(producer).__name__ not in FOLDABLE:
             reason = f"follows a {type(producer).__name__}, not a Conv or Dense"
         elif getattr(producer, "activation", None) not in (None, keras.activations.linear):
             reason = f"{producer.name} has an activation before the BatchNormalization"
         elif consumers.get(producer.name, 0) != 1 or len(producer._inbound_nodes) != 1:   # noqa: SLF001
             reason = f"{producer.name}'s output is used elsewhere too, or the layer is shared"
-        elif [a % rank for a in axis] != [rank - 1]:
+        elif getattr(producer, "data_format", "channels_last") != "channels_last":
+            reason = f"{producer.name} is channels_first"
+        elif [a % len(nodes[0].output_shapes) for a in axis] != [len(nodes[0].output_shapes) - 1]:
             reason = "normalizes an axis other than the last (channels)"
         else:
             pairs.append((producer.name, layer.name))
             continue
         kept.append({"layer": layer.name, "reason": f"BatchNormalization kept: {reason}"})
     return pairs, kept
+
+
+def _keyword_references(entries: list) -> set[str]:
+    """Names of layers whose output another layer call takes as a keyword argument (``value=...``)."""
+    found: set[str] = set()
+
+    def walk(node, in_keywords):
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value, True)
+        elif isinstance(node, list):
+            if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) and in_keywords:
+                found.add(node[0])
+            for item in node:
+                walk(item, in_keywords)
+
+    for entry in entries:
+        walk(entry.get("inbound_nodes", []), False)
+    return found
 
 
 def folded_weights(producer, batchnorm) -> list[np.ndarray]:

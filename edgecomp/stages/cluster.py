@@ -8,7 +8,9 @@ With ``fold_batchnorm``, each BatchNormalization is first folded into the Conv/D
 before it (``edgecomp.stages.batchnorm``): the converter would otherwise fold it after
 clustering and scale every output channel differently, so the file's kernels would
 hold a different set of values per channel. With ``quantize: {weights: per_tensor}``
-after it, every kernel in the int8 file holds at most ``clusters`` values.
+after it, every Conv2D and Dense kernel in the int8 file holds at most ``clusters``
+values (DepthwiseConv2D kernels stay per-channel: tfmot neither clusters-preserves
+nor per-tensor-quantizes them).
 
 Example:
     >>> new_model, record = cluster.apply(model, config.ClusterConfig(clusters=16), context)  # doctest: +SKIP
