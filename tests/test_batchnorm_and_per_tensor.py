@@ -1,6 +1,9 @@
 """Deep Compression to the letter: BatchNorm folded before clustering, weight quantizers kept before a ReLU,
 one scale per kernel, so the int8 file holds at most ``clusters`` values per kernel."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,3 +188,21 @@ def test_fold_batchnorm_keeps_an_output_batchnorm_a_keyword_input_and_a_shared_o
     assert "not a single call" in reasons["bn_shared"]
     assert "keyword argument" in reasons["bn_value"]
     assert "model output" in reasons["bn_out"]
+
+
+def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve():
+    from edgecomp import data
+
+    dataset = data.load(config.DataConfig(source="mnist1d"), seed=0)
+    keras.utils.set_random_seed(0)
+    model = models.build(config.ModelSpec(zoo="mnist1d_cnn", args={"width": 0.5}), dataset.input_shape,
+                         dataset.num_classes)
+    cfg = config.from_dict({"data": {"source": "mnist1d", "batch_size": 128}})
+    context = stages.StageContext(cfg, dataset, Path(tempfile.mkdtemp()))
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
+    after = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
+    quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1, learning_rate=0.01), after)
+    content = convert(quantized, "int8", calibration=dataset.x_train[:50])
+    verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.8})
+    assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
+    assert len(record.details["zeros_kept_by_edgecomp"]) == 3   # the three Conv1D kernels; Dense is tfmot's
