@@ -600,7 +600,7 @@ def _run_round(search, backend, batch, baseline_files, reference, reference_accu
     if pending:
         log.info("search: running %d trial(s) on the %s backend: %s", len(pending), backend.name,
                  ", ".join(candidate.name for candidate, _ in pending))
-        outputs = backend.run([(config.to_dict(cfg), baseline_files) for _, cfg in pending])
+        outputs = backend.run([config.to_dict(cfg) for _, cfg in pending], baseline_files)
         results.update({candidate.name: output for (candidate, _), output in zip(pending, outputs)})
     for candidate, cfg in batch:
         judge(search, candidate, results[candidate.name], reference, reference_accuracy, cfg, report_type)

@@ -6,7 +6,7 @@ checkpoint's files, runs the ordinary pipeline, and returns ``report.json``'s da
 
 Example:
     >>> backend = open_backend("local", Path("models/search/runs"))          # doctest: +SKIP
-    >>> backend.run([(config.to_dict(cfg), baseline_files)])                 # doctest: +SKIP
+    >>> backend.run([config.to_dict(cfg)], baseline_files)                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ class LocalBackend:
     def __init__(self, runs_dir: Path):
         self.runs_dir = runs_dir
 
-    def run(self, trials: list[tuple[dict, dict[str, bytes]]]) -> list[dict]:
-        """Runs ``(raw config, baseline files)`` trials; results in the same order."""
+    def run(self, configs: list[dict], baseline: dict[str, bytes]) -> list[dict]:
+        """Runs one trial per raw run config, all from ``baseline``; results in the same order."""
         results = []
-        for raw, baseline in trials:
+        for raw in configs:
             try:
                 results.append(run_trial(raw, baseline, str(self.runs_dir)))
             except Exception as error:  # noqa: BLE001 - one broken candidate must not end the search (Ray: same)
@@ -129,12 +129,12 @@ class RayBackend:
         self.task = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(run_trial)
         log.info("search: Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
 
-    def run(self, trials: list[tuple[dict, dict[str, bytes]]]) -> list[dict]:
-        """Submits every trial at once; waits for all; writes each one's files into its run folder."""
-        baseline = self.ray.put(trials[0][1]) if trials else None
-        futures = [self.task.remote(raw, baseline) for raw, _ in trials]
+    def run(self, configs: list[dict], baseline: dict[str, bytes]) -> list[dict]:
+        """Submits every trial at once (the baseline stored once); waits for all; writes their files here."""
+        shared = self.ray.put(baseline)
+        futures = [self.task.remote(raw, shared) for raw in configs]
         results = []
-        for (raw, _), future in zip(trials, futures):
+        for raw, future in zip(configs, futures):
             try:
                 result = self.ray.get(future)
             except self.ray.exceptions.RayError as error:

@@ -30,22 +30,6 @@ def build(builder, dataset, epochs=0):
     return model
 
 
-def int8_kernels(content: bytes) -> dict[str, np.ndarray]:
-    """Every int8 Conv/FullyConnected weight tensor of a .tflite, by tensor name."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
-    graph = model.subgraphs[0]
-    found = {}
-    for operator in graph.operators:
-        code = model.operatorCodes[operator.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) not in (3, 4, 9):   # CONV_2D, DEPTHWISE, FULLY_CONNECTED
-            continue
-        tensor = graph.tensors[operator.inputs[1]]
-        found[tensor.name.decode()] = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.int8)
-    return found
-
-
 def test_fold_batchnorm_keeps_outputs_and_says_which_batchnorms_stay(tiny_dataset):
     model = build("batchnorm_everywhere", tiny_dataset, epochs=2)
     folded, pairs, kept = batchnorm.fold_batchnorm(model)
@@ -90,9 +74,9 @@ def test_prune_then_qat_keeps_sparsity_on_conv_relu_without_batchnorm(tiny_datas
     after = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=2, learning_rate=0.01), after)
     content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
-    for name, values in int8_kernels(content).items():
-        if values.size >= 100:
-            assert np.mean(values == 0) >= 0.69, name    # without the fix QAT trains the zeros away
+    for tensor in cpu.weight_statistics(content)["tensors"]:
+        if np.prod(tensor["shape"]) >= 100:
+            assert tensor["sparsity"] >= 0.69, tensor    # without the fix QAT trains the zeros away
 
 
 def test_fold_cluster_per_tensor_qat_leaves_at_most_clusters_values_per_kernel(tiny_model, tiny_dataset, context):
@@ -106,11 +90,11 @@ def test_fold_cluster_per_tensor_qat_leaves_at_most_clusters_values_per_kernel(t
                                      after)
     assert record.details["scheme"] == "PCQAT, per-tensor weights"
     content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
-    kernels = int8_kernels(content)
+    kernels = cpu.weight_statistics(content)["tensors"]
     assert len(kernels) == 3
-    for name, values in kernels.items():
-        assert np.unique(values).size <= 8, name
-        assert np.mean(values == 0) >= 0.55, name
+    for tensor in kernels:
+        assert tensor["unique_values"] <= 8, tensor
+        assert tensor["sparsity"] >= 0.55, tensor
     verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.55, "clusters": 8})
     assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
     assert runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)["accuracy"] > 0.5

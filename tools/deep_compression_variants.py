@@ -25,13 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecomp import config, data, models, pipeline, runtime, stages  # noqa: E402
 from edgecomp._keras import keras  # noqa: E402
 from edgecomp.stages import quantize  # noqa: E402
+from edgecomp.targets import cpu  # noqa: E402
 from edgecomp.targets.convert import convert  # noqa: E402
 
 VARIANTS = (
@@ -40,22 +39,6 @@ VARIANTS = (
     ("BN folded first, per-tensor, tfmot's ReLU transform", True, "per_tensor", False),
     ("BN folded first, per-tensor, edgecomp's ReLU transform", True, "per_tensor", True),
 )
-
-
-def kernel_values(content: bytes) -> list[tuple[int, float]]:
-    """(distinct values, zero share) of every Conv/DepthwiseConv/FullyConnected weight tensor."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
-    graph = model.subgraphs[0]
-    found = []
-    for operator in graph.operators:
-        code = model.operatorCodes[operator.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) in (3, 4, 9):
-            tensor = graph.tensors[operator.inputs[1]]
-            values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.int8)
-            found.append((int(np.unique(values).size), float(np.mean(values == 0))))
-    return found
 
 
 def main() -> int:
@@ -98,10 +81,10 @@ def main() -> int:
             finally:
                 quantize._Scheme.get_layout_transformer = own_transform
             content = convert(model, "int8", "float32", calibration)
-            kernels = kernel_values(content)
+            kernels = cpu.weight_statistics(content)["tensors"]
             rows.append({
-                "variant": label, "values_per_kernel": [count for count, _ in kernels],
-                "zeros": [round(zeros, 3) for _, zeros in kernels],
+                "variant": label, "values_per_kernel": [tensor["unique_values"] for tensor in kernels],
+                "zeros": [round(tensor["sparsity"], 3) for tensor in kernels],
                 "gzip_ratio": round(len(gzip.compress(content, 9, mtime=0)) / reference_gzip, 4),
                 "accuracy": runtime.evaluate(content, dataset.x_test, dataset.y_test)["accuracy"],
             })

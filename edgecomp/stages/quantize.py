@@ -32,6 +32,9 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
     cluster_preserve_quantize_registry,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    prune_preserve_quantize_registry,
+)
 from tensorflow_model_optimization.python.core.quantization.keras import utils as quantize_utils
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_layout_transform,
@@ -298,35 +301,47 @@ class KeepZeros(keras.callbacks.Callback):
             variable.assign(variable * keep)
 
 
-def unpreserved_masks(model, quantized) -> list:
-    """``[(kernel variable, keep mask)]`` for pruned kernels that the prune-preserving scheme does not keep."""
-    preserved = (keras.layers.Conv2D, keras.layers.Dense)   # tfmot 0.8's Default8BitPrunePreserveQuantizeRegistry
-    masks = []
+def unpreserved_zeros(model) -> dict[str, np.ndarray]:
+    """Layer name → keep mask (1 where the weight is not zero) of pruned kernels tfmot's PQAT does not keep.
+
+    Read before wrapping: the QAT wrappers train the kernels from then on.
+    """
+    registry = prune_preserve_quantize_registry.PrunePreserveQuantizeRegistry
+    preserved = set(registry._LAYERS_CONFIG_MAP) - set(registry._DISABLE_PRUNE_PRESERVE)  # noqa: SLF001
+    keep = {}
     for layer in model.layers:
         kernel = getattr(layer, "kernel", None)
         if kernel is None or type(layer) in preserved:
             continue
         values = kernel.numpy()
-        if np.mean(values == 0) < 0.05:   # not pruned (a trained kernel has no exact zeros to speak of)
+        if np.mean(values == 0) >= 0.05:   # pruned (a trained kernel has no exact zeros to speak of)
+            keep[layer.name] = (values != 0).astype(values.dtype)
+    return keep
+
+
+def kernel_masks(quantized, keep: dict[str, np.ndarray]) -> list:
+    """``[(kernel variable of the QAT model, keep mask)]`` for the layers named in ``keep``."""
+    masks = []
+    for wrapper in quantized.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or inner.name not in keep:
             continue
-        wrapper = next((item for item in quantized.layers if getattr(item, "layer", None) is not None
-                        and item.layer.name == layer.name), None)
-        variables = [weight for weight in (wrapper.weights if wrapper is not None else [])
-                     if weight.name.split("/")[-1].startswith("kernel") and tuple(weight.shape) == values.shape]
+        variables = [weight for weight in wrapper.weights if weight.name.split("/")[-1].startswith("kernel")
+                     and tuple(weight.shape) == keep[inner.name].shape]
         if variables:
-            masks.append((variables[0], (values != 0).astype(values.dtype)))
+            masks.append((variables[0], keep[inner.name]))
     return masks
 
 
 def apply(model, params: QuantizeConfig, context):
     """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
     teacher = models.copy(model) if params.distill_from == "float" and params.epochs > 0 else None
-    reference = models.copy(model) if "prune" in context.previous else None
+    keep = unpreserved_zeros(model) if "prune" in context.previous else {}
     quantized, scheme_name, annotated, skipped = wrap_model(model, context.previous, params.weights)
     details = {"scheme": scheme_name, "annotated_layers": annotated}
     callbacks = []
-    if reference is not None:
-        masks = unpreserved_masks(reference, quantized)
+    if keep:
+        masks = kernel_masks(quantized, keep)
         if masks:
             callbacks.append(KeepZeros(masks))
             details["zeros_kept_by_edgecomp"] = [variable.name for variable, _ in masks]
