@@ -171,6 +171,8 @@ class DistillConfig(_Strict):
         "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
     )
     baseline_student: bool = Field(False, description="also train the student alone (same init, seed, epochs)")
+    mixup: float = Field(0.0, ge=0.0, description="train on mixup inputs, λ ~ Beta(mixup, mixup); the teacher "
+                                                  "labels each mixed input (function matching); 0: off")
     features: tuple[FeatureMatch, ...] = ()
 
 
@@ -253,8 +255,9 @@ class QuantizeConfig(_Strict):
     distill_temperature: float = Field(2.0, gt=0.0)
     distill_alpha: float = Field(0.5, ge=0.0, le=1.0)
     weights: Literal["per_channel", "per_tensor"] = Field(
-        "per_channel", description="Conv2D weight quantization; per_tensor (after a cluster stage) keeps a kernel's "
-                                   "shared values shared in the int8 file: at most `clusters` values per tensor"
+        "per_channel", description="Conv2D and DepthwiseConv2D weight quantization; per_tensor (after a cluster "
+                                   "stage) keeps a kernel's shared values shared in the int8 file: at most "
+                                   "`clusters` values per tensor"
     )
 
 
@@ -360,6 +363,8 @@ class MicroTargetConfig(_Strict):
     flash_kb: Optional[int] = Field(None, ge=1, description="overrides the board's flash budget")
     ram_kb: Optional[int] = Field(None, ge=1, description="overrides the board's RAM budget")
     test_samples: Optional[int] = Field(None, ge=1, description="test samples run in TFLM (default: all)")
+    strip_strings: bool = Field(True, description="drop tensor names and signatures, which TFLM never reads, "
+                                                  "from the file (about 100 bytes a tensor of flash)")
 
     @model_validator(mode="after")
     def _board_known(self):

@@ -87,11 +87,13 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
 
     # The reference is converted from a deep copy before any stage touches the model:
     # tfmot wraps layer objects in place (DESIGN.md §9). Files are made on the chief only.
+    plain_int8 = None
     if chief:
         reference_model = models.copy(model)
         reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
         report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration,
                                     run_dir)
+        plain_int8 = _plain_int8_flash(cfg, reference_model, calibration)
         del reference_model
 
     previous: list[str] = []
@@ -125,6 +127,8 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     for item in cfg.targets:
         params = stage_params(item)
         record = _variant(cfg, stage_kind(item), model, params, dataset, calibration, run_dir, expect)
+        if stage_kind(item) == "micro" and plain_int8 and record.compatibility.get("details"):
+            _compare_with_plain_int8(record, plain_int8)
         if stage_kind(item) == "cpu" and _needs_guard(params, record, report.reference, previous):
             _guard(cfg, record, params, model, dataset, calibration, run_dir, report.reference, expect)
         report.targets.append(record)
@@ -197,6 +201,35 @@ def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
     return model, record
 
 
+def _plain_int8_flash(cfg: Config, baseline, calibration) -> int | None:
+    """Bytes of the baseline converted to plain int8 for the first micro target, when stages run.
+
+    The yardstick of what the stages (and LUT compression) saved on flash, measured
+    in the same run: the same model, post-training int8, with the micro target's
+    string stripping, before any stage.
+    """
+    micro_targets = [stage_params(item) for item in cfg.targets if stage_kind(item) == "micro"]
+    if not micro_targets or not cfg.stages:
+        return None
+    try:
+        content = converter.convert(baseline, "int8", "int8", calibration)
+    except ModelError as error:
+        log.warning("micro: the baseline's plain int8 file for comparison could not be made: %s", error)
+        return None
+    return len(micro.strip_strings(content) if micro_targets[0].strip_strings else content)
+
+
+def _compare_with_plain_int8(record: TargetRecord, plain_int8: int) -> None:
+    details = record.compatibility["details"]
+    details["plain_int8_flash_bytes"] = plain_int8
+    details["flash_ratio_to_plain_int8"] = record.size_bytes / plain_int8
+    lut = details.get("lut")
+    if lut and lut.get("outputs_identical"):
+        lut["ratio_to_plain_int8"] = lut["flash_bytes_after"] / plain_int8
+        log.info("micro: LUT-compressed file %s bytes, %.3f× the baseline's plain int8 file (%s bytes)",
+                 f"{lut['flash_bytes_after']:,}", lut["ratio_to_plain_int8"], f"{plain_int8:,}")
+
+
 def _expectations(records: list[StageRecord]) -> dict:
     """What the files must show of earlier stages: sparsity of prune, cluster count of cluster."""
     expect = {}
@@ -218,6 +251,11 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     except ModelError as error:
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
+    stripped = 0
+    if target == "micro" and params.strip_strings:
+        stripped = len(content)
+        content = micro.strip_strings(content)
+        stripped -= len(content)
     path = files.write_bytes(run_dir / relative, content)
     record = TargetRecord(
         target=target, quantization=quantization, path=relative, size_bytes=path.stat().st_size,
@@ -226,6 +264,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     )
     if target == "micro":
         record.compatibility, record.metrics = micro.verify(content, params, dataset.x_test, dataset.y_test)
+        record.compatibility["details"]["stripped_string_bytes"] = stripped
         sources = content
         if expect and expect.get("clusters") and record.compatibility["ok"]:
             compressed, lut = micro.lut_variant(content, expect["clusters"], dataset.x_test[:50])

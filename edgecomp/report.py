@@ -169,11 +169,18 @@ def render(report: Report) -> str:
         lines.append(f"- **{label}** ({record.quantization}): {status}")
         for rule in record.compatibility.get("details", {}).get("rules", []):
             lines.append(f"  - {'ok' if rule['ok'] else 'FAILED'} `{rule['rule']}`: {rule['detail']}")
+        plain_int8 = record.compatibility.get("details", {}).get("plain_int8_flash_bytes")
+        if plain_int8:
+            lines.append(f"  - flash {record.size_bytes:,} B, "
+                         f"{record.compatibility['details']['flash_ratio_to_plain_int8']:.3f}× the baseline's plain "
+                         f"int8 file ({plain_int8:,} B, converted in this run)")
         lut = record.compatibility.get("details", {}).get("lut")
         if lut:
             if lut.get("outputs_identical"):
+                plain = (f", {lut['ratio_to_plain_int8']:.3f}× the baseline's plain int8 file"
+                         if "ratio_to_plain_int8" in lut else "")
                 lines.append(f"  - LUT compression (TFLM): {lut['flash_bytes_before']:,} → {lut['flash_bytes_after']:,} B "
-                             f"({lut['ratio']:.3f}×), TFLM outputs identical, arena {lut['arena_bytes']:,} B; "
+                             f"({lut['ratio']:.3f}×{plain}), TFLM outputs identical, arena {lut['arena_bytes']:,} B; "
                              "C sources hold the compressed model")
             else:
                 lines.append(f"  - LUT compression not used: {lut.get('note', 'TFLM outputs differed')}")
@@ -213,8 +220,9 @@ def render(report: Report) -> str:
                   "Feed `q = round(x / scale + zero_point)`; read `x = (q - zero_point) * scale`.", ""]
         for target, io in io_notes:
             for kind in ("inputs", "outputs"):
-                for d in io[kind]:
-                    lines.append(f"- {target} {kind[:-1]} `{d['name']}` {d['dtype']} {d['shape']}: "
+                for position, d in enumerate(io[kind]):
+                    name = f"`{d['name']}`" if d["name"] else f"{position} (names stripped)"
+                    lines.append(f"- {target} {kind[:-1]} {name} {d['dtype']} {d['shape']}: "
                                  f"scale {d['scale']:.8g}, zero_point {d['zero_point']}")
     return "\n".join(lines) + "\n"
 

@@ -430,6 +430,8 @@ class StructureChecks:
             target = next(stage_params(item) for item in cfg.targets if stage_kind(item) == self.search.target_kind)
             content = converter.convert(model, target.quantization, target.io, self.calibration,
                                         static_batch=self.search.target_kind == "edgetpu")
+            if self.search.target_kind == "micro" and target.strip_strings:   # as the run writes the file
+                content = micro.strip_strings(content)
             measured = Measured(size_bytes=len(content))
             if self.search.target_kind == "micro" and self.search.search.constraints.max_arena_kb is not None:
                 measured.arena_bytes = micro.find_arena(content, self.dataset.x_test[0])

@@ -100,6 +100,30 @@ def test_fold_cluster_per_tensor_qat_leaves_at_most_clusters_values_per_kernel(t
     assert runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)["accuracy"] > 0.5
 
 
+@pytest.mark.parametrize("weights, scales", [("per_tensor", 1), ("per_channel", 16)])
+def test_per_tensor_weights_give_a_depthwise_kernel_one_scale(tiny_dataset, context, weights, scales):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(tiny_dataset.input_shape), keras.layers.Conv2D(16, 3),
+                              keras.layers.DepthwiseConv2D(3), keras.layers.ReLU(),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(tiny_dataset.num_classes)])
+    training.fit(model, tiny_dataset, epochs=1, learning_rate=0.01, batch_size=32, patience=0)
+    clustered, _ = stages.apply("cluster", model, config.ClusterConfig(clusters=8, epochs=1), context)
+    after = stages.StageContext(context.config, context.dataset, context.log_dir, ("cluster",))
+    quantized, _ = stages.apply("quantize", clustered, config.QuantizeConfig(epochs=1, weights=weights), after)
+    content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
+    interpreter = runtime.make_interpreter(content, delegates=False)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    depthwise = [op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]  # noqa: SLF001
+    assert len(depthwise) == 1
+    for index in depthwise[0]["inputs"][1:]:        # kernel and bias
+        assert len(details[index]["quantization_parameters"]["scales"]) == scales
+    # The verifier does not hold the (never clustered) depthwise kernel to the cluster count.
+    verdict = cpu.verify(content, "int8", "float32", {"clusters": 8})
+    assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
+    statistics = {t["op"]: t for t in cpu.weight_statistics(content)["tensors"]}
+    assert statistics["DEPTHWISE_CONV_2D"]["clustered"] is False and statistics["CONV_2D"]["clustered"] is True
+
+
 def test_per_tensor_weights_without_a_cluster_stage_is_refused():
     with pytest.raises(ConfigError, match=r"stages\[1\].quantize.weights: per_tensor is for clustered models"):
         config.from_dict({"stages": [{"prune": {}}, {"quantize": {"weights": "per_tensor"}}]})

@@ -97,3 +97,62 @@ def test_lut_compression_of_a_clustered_model_shrinks_it_and_keeps_tflm_outputs(
     assert record["outputs_identical"] and len(compressed) < len(content)
     assert record["flash_bytes_after"] == len(compressed)
     assert "TFLM_DECODE" in micro.op_names(compressed)
+
+
+def _tensor_names_and_misaligned_buffers(content: bytes) -> tuple[list, int]:
+    import numpy as np
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    start = np.frombuffer(content, np.uint8).ctypes.data
+    names = [model.Subgraphs(0).Tensors(i).Name() for i in range(model.Subgraphs(0).TensorsLength())]
+    misaligned = sum((model.Buffers(i).DataAsNumpy().ctypes.data - start) % 16 != 0
+                     for i in range(model.BuffersLength()) if model.Buffers(i).DataLength())
+    return names, misaligned
+
+
+def test_stripping_strings_drops_names_keeps_buffers_aligned_and_tflm_outputs(int8_model, tiny_dataset):
+    import numpy as np
+
+    stripped = micro.strip_strings(int8_model)
+    names, misaligned = _tensor_names_and_misaligned_buffers(stripped)
+    assert names and all(name is None for name in names)
+    assert misaligned == 0          # TensorFlow's flatbuffer_utils writer leaves buffers 1-byte aligned
+    assert all(_tensor_names_and_misaligned_buffers(int8_model)[0])
+    assert len(stripped) < len(int8_model) - 10 * len(names)
+    x = tiny_dataset.x_test[:20]
+    arena = micro.find_arena(int8_model, x[0])
+    assert np.array_equal(micro.predict(stripped, x, arena), micro.predict(int8_model, x, arena))
+
+
+@pytest.mark.slow
+def test_run_with_a_cluster_stage_reports_micro_flash_against_the_baselines_plain_int8_file(tmp_path):
+    from edgecomp import data, models, pipeline
+    from edgecomp.targets.convert import convert
+
+    cfg = config.from_dict({
+        "name": "lut", "output_dir": str(tmp_path),
+        "data": {"source": "digits", "calibration_samples": 50},
+        "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
+        "train": {"epochs": 1},
+        "stages": [{"cluster": {"clusters": 8, "epochs": 1}}],
+        "targets": [{"micro": {"test_samples": 60}}],
+    })
+    report = pipeline.run(cfg)
+    details = report.targets[0].compatibility["details"]
+    baseline = models.load(cfg.run_dir / "checkpoints/00_baseline/model.h5")
+    dataset = data.load(cfg.data, cfg.seed)
+    plain = micro.strip_strings(convert(baseline, "int8", "int8", data.representative_samples(dataset, 50)))
+    assert details["plain_int8_flash_bytes"] == len(plain)
+    assert details["flash_ratio_to_plain_int8"] == pytest.approx(report.targets[0].size_bytes / len(plain))
+    assert details["stripped_string_bytes"] > 0
+    lut = details["lut"]
+    assert lut["outputs_identical"], lut
+    assert lut["ratio_to_plain_int8"] == pytest.approx((cfg.run_dir / "micro/model_lut.tflite").stat().st_size
+                                                       / len(plain))
+    assert all(item["tensor"].startswith("weights of op ") for item in lut["tensors"])   # names were stripped
+    names, _ = _tensor_names_and_misaligned_buffers((cfg.run_dir / "micro/model.tflite").read_bytes())
+    assert all(name is None for name in names)
+    text = (cfg.run_dir / "report.md").read_text()
+    assert f"{lut['ratio_to_plain_int8']:.3f}× the baseline's plain int8 file" in text
+    assert "input 0 (names stripped) int8" in text

@@ -9,8 +9,9 @@ before it (``edgecomp.stages.batchnorm``): the converter would otherwise fold it
 clustering and scale every output channel differently, so the file's kernels would
 hold a different set of values per channel. With ``quantize: {weights: per_tensor}``
 after it, every Conv2D and Dense kernel in the int8 file holds at most ``clusters``
-values (DepthwiseConv2D kernels stay per-channel: tfmot neither clusters-preserves
-nor per-tensor-quantizes them).
+values. tfmot never clusters DepthwiseConv2D kernels ("big unrecoverable accuracy
+loss"); ``per_tensor`` gives them one scale each, which saves only quantization
+parameters.
 
 Example:
     >>> new_model, record = cluster.apply(model, config.ClusterConfig(clusters=16), context)  # doctest: +SKIP

@@ -96,7 +96,7 @@ def weight_statistics(content: bytes, min_weights: int = 64) -> dict:
         ``{"sparsity": zero share over all weights, "tensors": [{"op", "shape", "dtype",
         "sparsity", "unique_values", "max_unique_per_channel", "clustered"}]}``;
         ``clustered`` marks kernels of at least ``min_weights`` weights (smaller ones
-        are never clustered).
+        are never clustered) that are not depthwise (tfmot never clusters those).
     """
     interpreter = runtime.make_interpreter(content, delegates=False)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
@@ -124,7 +124,7 @@ def weight_statistics(content: bytes, min_weights: int = 64) -> dict:
             "sparsity": float(np.mean(values == 0)),
             "unique_values": int(np.unique(values).size),
             "max_unique_per_channel": int(max(np.unique(row).size for row in channels)),
-            "clustered": bool(values.size >= min_weights),
+            "clustered": bool(values.size >= min_weights and op["op_name"] != "DEPTHWISE_CONV_2D"),
         })
     return {"sparsity": zeros / total if total else 0.0, "tensors": tensors}
 
