@@ -171,8 +171,6 @@ class DistillConfig(_Strict):
         "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
     )
     baseline_student: bool = Field(False, description="also train the student alone (same init, seed, epochs)")
-    mixup: float = Field(0.0, ge=0.0, description="train on mixup inputs, λ ~ Beta(mixup, mixup); the teacher "
-                                                  "labels each mixed input (function matching); 0: off")
     features: tuple[FeatureMatch, ...] = ()
 
 
