@@ -1,0 +1,61 @@
+"""The distill stage of a config over several seeds: test errors of teacher, student alone and distilled.
+
+Runs only the stage (teacher training, the student alone, the distilled student), with
+op determinism on as ``edgecomp.train`` has it, so a seed's row equals that seed's full
+run. One line of JSON per seed, then the mean reduction of test errors.
+
+Example:
+    python tools/distill_seeds.py --config configs/distill_mnist1d.yaml --seeds 0,1,2
+    python tools/distill_seeds.py --config configs/distill_mnist1d.yaml --seeds 0,1 \\
+        --distill '{"temperature": 8.0}'
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from edgecomp import config, data, models, stages
+from edgecomp._keras import keras, tf
+from edgecomp.config import stage_kind, stage_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a run config whose first stage is distill")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--distill", default="{}", help="JSON object of distill keys to override")
+    args = parser.parse_args()
+    tf.config.experimental.enable_op_determinism()
+    raw = config.load(args.config).model_dump(mode="json", exclude_none=True)
+    if not raw["stages"] or stage_kind(config.from_dict(raw).stages[0]) != "distill":
+        raise SystemExit(f"{args.config}: the first stage is not distill")
+    raw["stages"][0]["distill"].update(json.loads(args.distill))
+    reductions = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = config.from_dict({**raw, "seed": seed})
+        dataset = data.load(cfg.data, cfg.seed)
+        keras.utils.set_random_seed(cfg.seed)
+        model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
+        params = stage_params(cfg.stages[0]).model_copy(update={"baseline_student": True})
+        started = time.time()
+        with tempfile.TemporaryDirectory(prefix="edgecomp-distill-") as logs:
+            _, record = stages.apply("distill", model, params, stages.StageContext(cfg, dataset, Path(logs)))
+        details = record.details
+        reductions.append(details["error_reduction"])
+        print(json.dumps({
+            "seed": seed, "teacher_errors": details["teacher"]["test_errors"],
+            "alone_errors": details["student_alone"]["test_errors"],
+            "distilled_errors": details["distilled"]["test_errors"], "error_reduction": details["error_reduction"],
+            "distilled_vs_teacher_points": round((details["distilled"]["accuracy"]
+                                                  - details["teacher"]["accuracy"]) * 100, 2),
+            "seconds": round(time.time() - started),
+        }), flush=True)
+    print(f"mean error reduction {statistics.mean(reductions):.1%} over {len(reductions)} seeds "
+          f"(min {min(reductions):.1%}, max {max(reductions):.1%})")
+
+
+if __name__ == "__main__":
+    main()
