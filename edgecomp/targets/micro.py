@@ -10,7 +10,9 @@ The file is run in the real TFLM interpreter (the ``tflite-micro`` package):
 - ``fits_ram``: the smallest tensor arena that allocates and runs (searched to
   16 bytes), plus 16 bytes of alignment margin, fits the board's RAM budget.
 
-Accuracy for this target is measured in TFLM. ``write_sources`` emits
+Accuracy for this target is measured in TFLM. ``strip_strings`` removes the names
+and signatures TFLM never reads (the target's ``strip_strings``, on by default);
+``lut_compress`` stores clustered kernels as TFLM lookup tables. ``write_sources`` emits
 ``model_data.cc``/``.h`` (``alignas(16)`` array and its length) and
 ``op_resolver.h`` with a ``MicroMutableOpResolver`` that registers exactly the
 ops the model uses.
