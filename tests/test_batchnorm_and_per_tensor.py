@@ -198,7 +198,8 @@ def test_fold_batchnorm_keeps_an_output_batchnorm_a_keyword_input_and_a_shared_o
     assert "model output" in reasons["bn_out"]
 
 
-def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve():
+def mnist1d_cnn_and_context():
+    """An untrained MNIST-1D CNN (three Conv1D kernels), its data set and a stage context."""
     from edgecomp import data
 
     dataset = data.load(config.DataConfig(source="mnist1d"), seed=0)
@@ -206,7 +207,11 @@ def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve(
     model = models.build(config.ModelSpec(zoo="mnist1d_cnn", args={"width": 0.5}), dataset.input_shape,
                          dataset.num_classes)
     cfg = config.from_dict({"data": {"source": "mnist1d", "batch_size": 128}})
-    context = stages.StageContext(cfg, dataset, Path(tempfile.mkdtemp()))
+    return model, dataset, cfg, stages.StageContext(cfg, dataset, Path(tempfile.mkdtemp()))
+
+
+def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve():
+    model, dataset, cfg, context = mnist1d_cnn_and_context()
     pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
     after = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1, learning_rate=0.01), after)
@@ -214,3 +219,18 @@ def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve(
     verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.8})
     assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
     assert len(record.details["zeros_kept_by_edgecomp"]) == 3   # the three Conv1D kernels; Dense is tfmot's
+
+
+def test_prune_cluster_then_qat_keeps_the_clusters_of_conv1d_which_tfmot_does_not_preserve():
+    model, dataset, cfg, context = mnist1d_cnn_and_context()
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.7, epochs=1), context)
+    after_prune = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
+    clustered, _ = stages.apply("cluster", pruned, config.ClusterConfig(clusters=8, epochs=1), after_prune)
+    after = stages.StageContext(cfg, dataset, context.log_dir, ("prune", "cluster"))
+    quantized, record = stages.apply("quantize", clustered, config.QuantizeConfig(epochs=1, learning_rate=0.01),
+                                     after)
+    assert record.details["scheme"] == "PCQAT"
+    assert len(record.details["clusters_kept_by_edgecomp"]) == 3   # the three Conv1D kernels; Dense is tfmot's
+    content = convert(quantized, "int8", calibration=dataset.x_train[:50])
+    verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.7, "clusters": 8})
+    assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
