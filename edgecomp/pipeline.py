@@ -267,7 +267,9 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         record.compatibility["details"]["stripped_string_bytes"] = stripped
         sources = content
         if expect and expect.get("clusters") and record.compatibility["ok"]:
-            compressed, lut = micro.lut_variant(content, expect["clusters"], dataset.x_test[:50])
+            # verify searched the arena on the same first test sample
+            compressed, lut = micro.lut_variant(content, expect["clusters"], dataset.x_test[:50],
+                                                record.compatibility["details"]["arena_bytes"])
             record.compatibility["details"]["lut"] = lut
             if compressed is not None:
                 files.write_bytes(path.parent / "model_lut.tflite", compressed)

@@ -246,8 +246,12 @@ def lut_compress(content: bytes, clusters: int) -> tuple[bytes, list[dict]]:
     return build(kept), savings
 
 
-def lut_variant(content: bytes, clusters: int, x: np.ndarray) -> tuple[bytes | None, dict]:
+def lut_variant(content: bytes, clusters: int, x: np.ndarray,
+                arena_before: int | None = None) -> tuple[bytes | None, dict]:
     """LUT-compresses a clustered model and proves TFLM gives identical outputs.
+
+    ``arena_before`` is the uncompressed model's arena for ``x[0]`` when the caller
+    has it (``verify`` searched it); otherwise it is searched here.
 
     Returns:
         ``(compressed bytes or None, record)``; None when nothing saved flash or the
@@ -260,7 +264,8 @@ def lut_variant(content: bytes, clusters: int, x: np.ndarray) -> tuple[bytes | N
         return None, record
     try:
         arena = find_arena(compressed, x[0])
-        identical = bool(np.array_equal(predict(compressed, x, arena), predict(content, x, find_arena(content, x[0]))))
+        arena_before = arena_before or find_arena(content, x[0])
+        identical = bool(np.array_equal(predict(compressed, x, arena), predict(content, x, arena_before)))
     except ModelError as error:
         record["note"] = f"this TFLM build cannot run the compressed model: {error}"
         return None, record
