@@ -332,14 +332,13 @@ class KeepClusters(keras.callbacks.Callback):
 
     def __init__(self, kernels):
         super().__init__()
-        self.kernels = kernels
+        self.kernels = [(variable, tf.constant(values, dtype=variable.dtype)) for variable, values in kernels]
 
     def on_train_batch_end(self, batch, logs=None):
         self.restore()
 
     def restore(self):
-        for variable, values in self.kernels:
-            centroids = tf.constant(values, dtype=variable.dtype)
+        for variable, centroids in self.kernels:
             nearest = tf.argmin(tf.abs(variable[..., None] - centroids), axis=-1)
             variable.assign(tf.gather(centroids, nearest))
 
