@@ -172,6 +172,23 @@ class DistillConfig(_Strict):
     )
     baseline_student: bool = Field(False, description="also train the student alone (same init, seed, epochs)")
     features: tuple[FeatureMatch, ...] = ()
+    teacher_ensemble: int = Field(
+        1, ge=1, le=16,
+        description="train this many teachers from the teacher spec, each from its own seed, and distill from "
+                    "their averaged probabilities",
+    )
+
+    @model_validator(mode="after")
+    def _ensemble_is_trained_here(self):
+        if self.teacher_ensemble > 1 and self.teacher.path:
+            raise ValueError(f"teacher_ensemble: {self.teacher_ensemble} needs teachers trained here, from a zoo or "
+                             "builder teacher; a teacher loaded from path is one model (set teacher_ensemble: 1)")
+        if self.teacher_ensemble > 1 and self.teacher_epochs == 0:
+            raise ValueError(f"teacher_ensemble: {self.teacher_ensemble} with teacher_epochs: 0 would average "
+                             "untrained teachers; give teacher_epochs > 0")
+        if self.teacher_ensemble > 1 and self.features:
+            raise ValueError("features match the layers of one teacher; use them with teacher_ensemble: 1")
+        return self
 
 
 class LowRankConfig(_Strict):

@@ -307,7 +307,8 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
             teacher, distilled = details["teacher"], details["distilled"]
             lines += ["", "## Distillation", "", "| model | params | accuracy (Keras) | test errors |",
                       "|---|---|---|---|",
-                      f"| teacher | {teacher['params']:,} | {teacher['accuracy']:.4f} | {teacher['test_errors']} |"]
+                      f"| {_teacher_label(teacher)} | {teacher['params']:,} | {teacher['accuracy']:.4f} | "
+                      f"{teacher['test_errors']} |"]
             alone = details.get("student_alone")
             if alone:
                 lines.append(f"| student alone | {details['student']['params']:,} | {alone['accuracy']:.4f} | "
@@ -318,11 +319,19 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
                           f"alpha={details['alpha']:g}, {details['epochs']} epochs"
                       + (f"; {details['error_reduction'] * 100:.0f}% fewer test errors than the student alone."
                          if details.get("error_reduction") is not None else ".")]
+            if teacher.get("members"):
+                lines += ["", f"The teacher averages the probabilities of {len(teacher['members'])} models trained "
+                              "from different seeds; their own test errors: "
+                              + ", ".join(str(member["test_errors"]) for member in teacher["members"]) + "."]
         distill_from = stage.details.get("distill_from")
         if stage.stage == "quantize" and distill_from:
             lines += ["", f"QAT was distilled from the float model (T={distill_from['temperature']:g}, "
                           f"alpha={distill_from['alpha']:g})."]
     return lines
+
+
+def _teacher_label(teacher: dict) -> str:
+    return f"teacher (ensemble of {len(teacher['members'])})" if teacher.get("members") else "teacher"
 
 
 def _save(figure, path: Path) -> None:

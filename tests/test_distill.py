@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from edgecomp import config, models, stages, training
-from edgecomp._keras import keras
+from edgecomp import config, models, report, stages, training
+from edgecomp._keras import keras, tf
 from edgecomp.errors import ConfigError
-from edgecomp.stages.distill import Distiller, distillation_loss
+from edgecomp.stages.distill import Distiller, distillation_loss, ensemble
 
 TEACHER_LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
 STUDENT_LOGITS = [[0.0, 1.0, 0.0], [2.0, 0.0, -1.0]]
@@ -138,6 +138,62 @@ def test_distill_stage_records_teacher_student_alone_and_distilled(tiny_dataset,
     assert record.metrics["accuracy"] == training.accuracy(student, tiny_dataset.x_test, tiny_dataset.y_test)
     assert set(details["history"]) >= {"loss", "student_loss", "distillation_loss", "feature_loss", "val_loss"}
     assert len(details["history"]["distillation_loss"]) == 2
+
+
+def test_an_ensemble_teacher_gives_the_log_of_its_members_mean_probabilities(tiny_dataset):
+    logits_headed = small_net(tiny_dataset, 4, seed=1)
+    softmax_headed = small_net(tiny_dataset, 6, softmax=True, seed=2)
+    x = tiny_dataset.x_test[:16]
+    expected = (tf.nn.softmax(logits_headed(x, training=False)).numpy() + softmax_headed(x, training=False).numpy()) / 2
+    teacher = ensemble([logits_headed, softmax_headed], tiny_dataset.input_shape)
+    outputs = teacher(x, training=False).numpy()
+    np.testing.assert_allclose(np.exp(outputs), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.nn.softmax(outputs).numpy(), expected, rtol=1e-5, atol=1e-6)  # usable as logits
+    assert not models.ends_with_softmax(teacher)
+    assert models.count_params(teacher) == models.count_params(logits_headed) + models.count_params(softmax_headed)
+
+
+def test_an_ensemble_teacher_keeps_the_ranking_of_classes_every_member_finds_unlikely(tiny_dataset):
+    """Probabilities far below float32's clipping floor still differ after averaging (the dark knowledge)."""
+    inputs = keras.Input((3,))
+    confident = keras.Model(inputs, keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")(inputs))
+    other = keras.models.clone_model(confident)
+    other.set_weights(confident.get_weights())
+    teacher = ensemble([confident, other], (3,))
+    outputs = teacher(np.array([[40.0, 10.0, 0.0]], dtype=np.float32)).numpy()[0]
+    # log_softmax of [40, 10, 0]: the two unlikely classes sit 30 and 40 below the first.
+    np.testing.assert_allclose(outputs - outputs[0], [0.0, -30.0, -40.0], atol=1e-4)
+
+
+def test_distill_with_a_teacher_ensemble_records_each_member_and_measures_the_ensemble(tiny_dataset, tmp_path):
+    cfg = config.from_dict({"data": {"batch_size": 32}})
+    context = stages.StageContext(cfg, tiny_dataset, tmp_path)
+    params = config.DistillConfig(teacher={"zoo": "digits_cnn", "args": {"width": 0.25}}, teacher_epochs=2,
+                                  epochs=1, learning_rate=0.01, teacher_ensemble=3)
+    _, record = stages.apply("distill", small_net(tiny_dataset, 4), params, context)
+    teacher = record.details["teacher"]
+    single = models.count_params(models.build(params.teacher, tiny_dataset.input_shape, tiny_dataset.num_classes))
+    assert teacher["params"] == 3 * single
+    assert [member["seed"] for member in teacher["members"]] == [1, 1001, 2001]   # run seed 0, first stage
+    assert len({member["accuracy"] for member in teacher["members"]} | {teacher["accuracy"]}) >= 2
+    assert teacher["test_errors"] == round((1 - teacher["accuracy"]) * len(tiny_dataset.y_test))
+    assert record.details["targets_from"]["teacher"] == "log of the members' mean probabilities"
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("teacher")) == \
+        ["teacher_1", "teacher_2", "teacher_3"]
+    markdown = "\n".join(report._distillation_lines([record]))
+    assert f"| teacher (ensemble of 3) | {teacher['params']:,} |" in markdown
+    assert "their own test errors: " + ", ".join(str(m["test_errors"]) for m in teacher["members"]) in markdown
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"teacher": {"path": "teacher.h5"}}, "a teacher loaded from path is one model"),
+    ({"features": [{"teacher": "a", "student": "b"}]}, "features match the layers of one teacher"),
+    ({"teacher_epochs": 0}, "would average untrained teachers"),
+])
+def test_a_teacher_ensemble_that_cannot_be_trained_here_is_a_config_error(extra, message):
+    distill = {"teacher": {"zoo": "digits_cnn"}, "teacher_ensemble": 2, **extra}
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.distill.*" + message):
+        config.from_dict({"stages": [{"distill": distill}]})
 
 
 def test_distill_then_distilled_qat_runs_end_to_end_and_the_report_shows_both(tmp_path):

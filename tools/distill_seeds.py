@@ -47,6 +47,8 @@ def main() -> None:
         reductions.append(details["error_reduction"])
         print(json.dumps({
             "seed": seed, "teacher_errors": details["teacher"]["test_errors"],
+            **({"member_errors": [member["test_errors"] for member in details["teacher"]["members"]]}
+               if "members" in details["teacher"] else {}),
             "alone_errors": details["student_alone"]["test_errors"],
             "distilled_errors": details["distilled"]["test_errors"], "error_reduction": details["error_reduction"],
             "distilled_vs_teacher_points": round((details["distilled"]["accuracy"]

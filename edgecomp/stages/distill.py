@@ -30,6 +30,8 @@ log = logging.getLogger("edgecomp")
 LOSS_TERMS = ("loss", "student_loss", "distillation_loss", "feature_loss")
 # A softmax head's probabilities are clipped here before the log that recovers logits.
 PROBABILITY_FLOOR = 1e-7
+# teacher_ensemble: member k is built and trained from seed + k × this step.
+ENSEMBLE_SEED_STEP = 1000
 
 
 def as_logits(outputs, from_logits: bool):
@@ -225,11 +227,11 @@ def apply(model, params: DistillConfig, context):
         "alpha": params.alpha,
         "epochs": params.epochs,
         "targets_from": {
-            "teacher": "logits" if not models.ends_with_softmax(teacher) else "log-probabilities (softmax head)",
+            "teacher": "log of the members' mean probabilities" if params.teacher_ensemble > 1
+            else "logits" if not models.ends_with_softmax(teacher) else "log-probabilities (softmax head)",
             "student": "logits" if not models.ends_with_softmax(student) else "log-probabilities (softmax head)",
         },
     }
-    test_errors = lambda accuracy: int(round((1.0 - accuracy) * len(dataset.y_test)))  # noqa: E731
 
     if params.baseline_student:
         alone = keras.models.clone_model(student)
@@ -240,7 +242,7 @@ def apply(model, params: DistillConfig, context):
                      batch_size=context.config.data.batch_size, log_dir=context.log_dir / "student_alone",
                      patience=0)
         accuracy = training.accuracy(alone, dataset.x_test, dataset.y_test)
-        details["student_alone"] = {"accuracy": accuracy, "test_errors": test_errors(accuracy)}
+        details["student_alone"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset)}
         del alone
 
     keras.utils.set_random_seed(seed)
@@ -254,7 +256,7 @@ def apply(model, params: DistillConfig, context):
     training.compile_model(student, params.learning_rate)   # a plain compiled model for the later stages
     record = common.record("distill", student, context, [], details)
     accuracy = record.metrics["accuracy"]
-    details["distilled"] = {"accuracy": accuracy, "test_errors": test_errors(accuracy)}
+    details["distilled"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset)}
     if "student_alone" in details:
         alone_errors = details["student_alone"]["test_errors"]
         details["error_reduction"] = round(1.0 - details["distilled"]["test_errors"] / alone_errors, 4) \
@@ -265,26 +267,72 @@ def apply(model, params: DistillConfig, context):
 
 
 def _teacher(params: DistillConfig, context, seed: int):
-    """Builds the teacher, trains it when it came from the zoo or a builder, measures it."""
+    """Builds the teacher (or ``teacher_ensemble`` of them), trains it when it came from the zoo or a builder,
+    measures it."""
     dataset, cfg = context.dataset, context.config
-    where = "distill.teacher"
-    keras.utils.set_random_seed(seed)
-    teacher = models.build(params.teacher, dataset.input_shape, dataset.num_classes, where=where)
+    count = params.teacher_ensemble
     trained_here = not params.teacher.path and params.teacher_epochs > 0
-    if trained_here:
-        log.info("distill: training the teacher %s (%s params) for up to %d epochs", teacher.name,
-                 f"{models.count_params(teacher):,}", params.teacher_epochs)
-        training.fit(teacher, dataset, epochs=params.teacher_epochs, learning_rate=cfg.train.learning_rate,
-                     batch_size=cfg.data.batch_size, log_dir=context.log_dir / "teacher",
-                     patience=cfg.train.early_stopping_patience)
-    elif not params.teacher.path:
-        log.warning("distill: teacher_epochs is 0 and the teacher is not loaded from a file: "
-                    "it teaches with its initial, untrained weights")
-    accuracy = training.accuracy(teacher, dataset.x_test, dataset.y_test)
-    return teacher, {
+    members, member_details = [], []
+    for index in range(count):
+        member_seed = seed + ENSEMBLE_SEED_STEP * index
+        keras.utils.set_random_seed(member_seed)
+        teacher = models.build(params.teacher, dataset.input_shape, dataset.num_classes, where="distill.teacher")
+        which = f" {index + 1} of {count}" if count > 1 else ""
+        if trained_here:
+            log.info("distill: training the teacher%s %s (%s params) for up to %d epochs", which, teacher.name,
+                     f"{models.count_params(teacher):,}", params.teacher_epochs)
+            training.fit(teacher, dataset, epochs=params.teacher_epochs, learning_rate=cfg.train.learning_rate,
+                         batch_size=cfg.data.batch_size,
+                         log_dir=context.log_dir / ("teacher" if count == 1 else f"teacher_{index + 1}"),
+                         patience=cfg.train.early_stopping_patience)
+        elif not params.teacher.path:
+            log.warning("distill: teacher_epochs is 0 and the teacher is not loaded from a file: "
+                        "it teaches with its initial, untrained weights")
+        accuracy = training.accuracy(teacher, dataset.x_test, dataset.y_test)
+        members.append(teacher)
+        member_details.append({"seed": member_seed, "accuracy": accuracy, "test_errors": _errors(accuracy, dataset)})
+    teacher = members[0] if count == 1 else ensemble(members, dataset.input_shape)
+    accuracy = member_details[0]["accuracy"] if count == 1 else \
+        training.accuracy(teacher, dataset.x_test, dataset.y_test)
+    details = {
         "name": teacher.name, "params": models.count_params(teacher), "accuracy": accuracy,
-        "test_errors": int(round((1.0 - accuracy) * len(dataset.y_test))),
+        "test_errors": _errors(accuracy, dataset),
         "trained_here": trained_here, "epochs": params.teacher_epochs if trained_here else 0,
     }
+    if count > 1:
+        details["members"] = member_details
+    return teacher, details
 
 
+def ensemble(members, input_shape):
+    """One model over ``members`` whose output is the log of their mean probabilities.
+
+    The mean is taken in log space, ``logsumexp_k(log_softmax(z_k)) − log K``, so a
+    class every member finds unlikely keeps its relative size instead of being
+    clipped to a floor: that ranking is the "dark knowledge" the student learns
+    from. The outputs are logits of the averaged prediction (``softmax(log p̄) == p̄``),
+    so the Distiller softens them like any teacher's: ``softmax(log p̄ / T)``. Members
+    may end in softmax (their log-probabilities are used, see ``as_logits``) or in
+    logits. The model's parameters are the members' together.
+
+    Example:
+        >>> teacher = ensemble([teacher_a, teacher_b, teacher_c], (40, 1))   # doctest: +SKIP
+    """
+    inputs = keras.Input(input_shape, name="ensemble_input")
+    outputs, from_logits = [], []
+    for index, member in enumerate(members, start=1):
+        member._name = f"{member.name}_{index}"   # nested models need distinct names; tf_keras has no setter
+        outputs.append(member(inputs, training=False))
+        from_logits.append(not models.ends_with_softmax(member))
+
+    def log_mean_probabilities(member_outputs):
+        log_probabilities = [tf.nn.log_softmax(as_logits(tf.cast(output, tf.float32), flag), axis=-1)
+                             for output, flag in zip(member_outputs, from_logits)]
+        return tf.reduce_logsumexp(tf.stack(log_probabilities), axis=0) - tf.math.log(float(len(members)))
+
+    log_mean = keras.layers.Lambda(log_mean_probabilities, name="log_mean_probabilities")(outputs)
+    return keras.Model(inputs, log_mean, name=f"ensemble_of_{len(members)}_{members[0].name}")
+
+
+def _errors(accuracy: float, dataset) -> int:
+    return int(round((1.0 - accuracy) * len(dataset.y_test)))
