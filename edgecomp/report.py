@@ -317,8 +317,7 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
                          f"{distilled['test_errors']} |")
             lines += ["", f"Student/teacher params {details['params_ratio']:.3f}×, T={details['temperature']:g}, "
                           f"alpha={details['alpha']:g}, {details['epochs']} epochs"
-                      + (f"; {details['error_reduction'] * 100:.0f}% fewer test errors than the student alone."
-                         if details.get("error_reduction") is not None else ".")]
+                      + _error_change(details.get("error_reduction"))]
             if teacher.get("members"):
                 lines += ["", f"The teacher averages the probabilities of {len(teacher['members'])} models trained "
                               "from different seeds; their own test errors: "
@@ -328,6 +327,17 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
             lines += ["", f"QAT was distilled from the float model (T={distill_from['temperature']:g}, "
                           f"alpha={distill_from['alpha']:g})."]
     return lines
+
+
+def _error_change(reduction: float | None) -> str:
+    """The end of the distillation summary line: how the distilled student's test errors compare with alone."""
+    if reduction is None:
+        return "."
+    if reduction < 0:
+        return f"; {-reduction * 100:.0f}% more test errors than the student alone."
+    if reduction == 0:
+        return "; as many test errors as the student alone."
+    return f"; {reduction * 100:.0f}% fewer test errors than the student alone."
 
 
 def _teacher_label(teacher: dict) -> str:

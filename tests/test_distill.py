@@ -185,6 +185,22 @@ def test_distill_with_a_teacher_ensemble_records_each_member_and_measures_the_en
     assert "their own test errors: " + ", ".join(str(m["test_errors"]) for m in teacher["members"]) in markdown
 
 
+@pytest.mark.parametrize("reduction, sentence", [
+    (0.3333, "; 33% fewer test errors than the student alone."),
+    (-1.1111, "; 111% more test errors than the student alone."),
+    (0.0, "; as many test errors as the student alone."),
+    (None, " epochs."),
+])
+def test_the_distillation_summary_says_fewer_or_more_errors_than_the_student_alone(reduction, sentence):
+    teacher = {"params": 100, "accuracy": 0.9, "test_errors": 10}
+    details = {"teacher": teacher, "distilled": {"accuracy": 0.8, "test_errors": 20},
+               "student": {"params": 10}, "params_ratio": 0.1, "temperature": 4.0, "alpha": 0.1, "epochs": 2,
+               "error_reduction": reduction}
+    record = report.StageRecord("distill", 10, 10, {"accuracy": 0.8}, 1.0, details=details)
+    summary = next(line for line in report._distillation_lines([record]) if line.startswith("Student/teacher"))
+    assert summary.endswith(sentence)
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"teacher": {"path": "teacher.h5"}}, "a teacher loaded from path is one model"),
     ({"features": [{"teacher": "a", "student": "b"}]}, "features match the layers of one teacher"),
