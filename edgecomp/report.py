@@ -186,7 +186,9 @@ def render(report: Report) -> str:
                 lines.append(f"  - LUT compression not used: {lut.get('note', 'TFLM outputs differed')}")
         for item in record.skipped:
             lines.append(f"  - skipped {item['layer']}: {item['reason']}")
-    lines += ["", "## Benchmarks", "", "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS |",
+    lines += ["", "## Benchmarks", "", "Latencies in ms per invoke; init is loading the model and allocating tensors, "
+                                         "first the first invoke.", "",
+              "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for record in ([reference] if reference else []) + report.targets:
         label = "reference" if record is reference else record.target

@@ -77,6 +77,7 @@ def test_report_markdown_has_the_variant_table(tiny_run):
     assert f"{report.targets[0].metrics['accuracy']:.4f}" in text
     ratio = report.targets[0].size_bytes / report.reference.size_bytes
     assert f"{ratio:.3f}×" in text
+    assert "## Benchmarks\n\nLatencies in ms per invoke" in text   # the benchmark columns say their unit
 
 
 def test_resume_reuses_the_baseline_and_gives_identical_files(tiny_run, caplog):
