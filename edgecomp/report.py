@@ -335,11 +335,12 @@ def _error_change(reduction: float | None) -> str:
     """The end of the distillation summary line: how the distilled student's test errors compare with alone."""
     if reduction is None:
         return "."
-    if reduction < 0:
-        return f"; {-reduction * 100:.0f}% more test errors than the student alone."
     if reduction == 0:
         return "; as many test errors as the student alone."
-    return f"; {reduction * 100:.0f}% fewer test errors than the student alone."
+    percent = abs(reduction) * 100
+    # Whole percent reads best; below 1 % two significant digits keep one error in hundreds from reading "0%".
+    shown = f"{percent:.0f}" if percent >= 1 else f"{percent:.2g}"
+    return f"; {shown}% {'more' if reduction < 0 else 'fewer'} test errors than the student alone."
 
 
 def _teacher_label(teacher: dict) -> str:

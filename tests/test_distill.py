@@ -189,6 +189,8 @@ def test_distill_with_a_teacher_ensemble_records_each_member_and_measures_the_en
     (0.3333, "; 33% fewer test errors than the student alone."),
     (-1.1111, "; 111% more test errors than the student alone."),
     (0.0, "; as many test errors as the student alone."),
+    (0.0045, "; 0.45% fewer test errors than the student alone."),   # 1 error fewer than 222: not "0%"
+    (-0.0045, "; 0.45% more test errors than the student alone."),
     (None, " epochs."),
 ])
 def test_the_distillation_summary_says_fewer_or_more_errors_than_the_student_alone(reduction, sentence):
