@@ -57,14 +57,14 @@ def batches(dataset, *, seed: int, batch_size: int, shift: int, mixup: bool, one
     return data_.batch(batch_size).map(augment).prefetch(2)
 
 
-def cosine(learning_rate: float, epochs: int, steps_per_epoch: int):
-    return keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
+def cosine(learning_rate: float, epochs: int, dataset, batch_size: int):
+    """A cosine decay of ``learning_rate`` to 0 over ``epochs`` passes of the train split."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, epochs * math.ceil(len(dataset.x_train) / batch_size))
 
 
 def fit_alone(model, dataset, *, seed, batch_size, shift, mixup, epochs, learning_rate):
     """Trains ``model`` on hard (or mixed one-hot) labels of shifted inputs with a cosine learning rate."""
-    steps = math.ceil(len(dataset.x_train) / batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(cosine(learning_rate, epochs, steps)),
+    model.compile(optimizer=keras.optimizers.Adam(cosine(learning_rate, epochs, dataset, batch_size)),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=not models.ends_with_softmax(model)))
     model.fit(batches(dataset, seed=seed, batch_size=batch_size, shift=shift, mixup=mixup, one_hot=True),
               epochs=epochs, verbose=0)
@@ -72,12 +72,14 @@ def fit_alone(model, dataset, *, seed, batch_size, shift, mixup, epochs, learnin
 
 
 def errors(model, dataset) -> int:
-    return round((1.0 - training.accuracy(model, dataset.x_test, dataset.y_test)) * len(dataset.y_test))
+    """Test errors of a Keras model, counted as the distill stage counts them."""
+    return distill._errors(training.accuracy(model, dataset.x_test, dataset.y_test), dataset)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/distill_mnist1d.yaml", help="a config whose first stage is distill")
+    parser.add_argument("--config", default="configs/distill_mnist1d.yaml",
+                        help="a config whose first stage is distill")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--shift", type=int, default=3, help="largest shift, in steps along each spatial axis")
     parser.add_argument("--teacher-epochs", type=int, default=150, help="epochs of the shifted teacher")
@@ -133,8 +135,8 @@ def main() -> None:
         keras.utils.set_random_seed(seed + 2)
         distilled = fresh_student()
         distiller = distill.Distiller(distilled, teacher, temperature=args.temperature, alpha=args.alpha)
-        steps = math.ceil(len(dataset.x_train) / batch_size)
-        distiller.compile(optimizer=keras.optimizers.Adam(cosine(params.learning_rate, args.epochs, steps)))
+        distiller.compile(optimizer=keras.optimizers.Adam(cosine(params.learning_rate, args.epochs, dataset,
+                                                                 batch_size)))
         distiller.fit(batches(dataset, seed=seed, batch_size=batch_size, shift=args.shift, mixup=False,
                               one_hot=False), epochs=args.epochs, verbose=0)
         row["distilled_shift"] = errors(distilled, dataset)
