@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -562,10 +563,11 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """The top-level map of a YAML config file (``yaml.safe_load``), not yet validated.
+    """The top-level map of a YAML config file (safe YAML, bounded), not yet validated.
 
     Raises:
-        ConfigError: the file is missing, unreadable, not YAML, empty or not a map.
+        ConfigError: the file is missing, unreadable, larger than ``MAX_CONFIG_BYTES``,
+            not YAML, a YAML bomb or otherwise refused by ``parse_yaml``, empty or not a map.
     """
     path = Path(path)
     if not path.exists():
@@ -573,21 +575,140 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config {str(path)!r} is a directory; pass a YAML file to --config")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file is (/dev/zero too)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB, the limit "
+                              "for a config (they take a few KiB); is this the right file?")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+        raise ConfigError(f"cannot read config file {str(path)!r}: {_short_text(str(error), 200)}") from None
+    raw = parse_yaml(text, str(path))
     if raw is None:
         raise ConfigError(f"{path}: the config file is empty; start from configs/quickstart.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a map of keys (name, data, model, ...), got a {_kind(raw)}")
     return raw
+
+
+# What a config may hold. Real configs have a few dozen values, a handful of levels,
+# rarely an alias; the bounds stop "billion laughs" alias bombs (a few hundred bytes
+# that expand to 10⁹ values), deep nesting and huge files before any of it is built,
+# rendered or validated.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class _Refused(Exception):
+    """A YAML document the bounded loader refuses; the message says why (and where)."""
+
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """``yaml.safe_load``'s loader (libyaml when available) that also refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" then keys that override it: YAML's merge, not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise _Refused(f"duplicate key {_short(key)} at line {line} (first at line {first}); "
+                                   "each key may appear once in a map")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_yaml_graph(root: yaml.Node) -> None:
+    """Refuses a composed YAML graph whose aliases would expand too far, without expanding it.
+
+    Walks the node graph once, iteratively, in document order: a node reached again
+    is an alias and counts the expanded size of its anchor (memoized when the anchor
+    was finished), an alias inside its own anchor is a cycle. The running count of
+    expanded values stops the walk as soon as it passes ``MAX_YAML_VALUES``.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+    open_nodes: set[int] = set()
+    aliases = total = 0
+    stack: list = [(root, None)]
+    while stack:
+        node, children = stack.pop()
+        key = id(node)
+        if children is not None:  # all children done: memoize this node's size and height
+            open_nodes.discard(key)
+            height = 1 + max((sizes[id(child)][1] for child in children), default=0)
+            if height > MAX_YAML_DEPTH:
+                raise _Refused(f"the YAML at line {node.start_mark.line + 1} nests more than {MAX_YAML_DEPTH} "
+                               "levels deep" + (" once its aliases (*name) are expanded" if aliases else ""))
+            sizes[key] = (1 + sum(sizes[id(child)][0] for child in children), height)
+            continue
+        if key in sizes:
+            aliases += 1
+            total += sizes[key][0]
+            if aliases > MAX_YAML_ALIASES:
+                raise _Refused(f"more than {MAX_YAML_ALIASES} YAML aliases (*name), the {aliases}th at line "
+                               f"{node.start_mark.line + 1}; a config needs few, if any: write the values out")
+        elif key in open_nodes:
+            raise _Refused(f"the YAML alias at line {node.start_mark.line + 1} refers to a node that contains it "
+                           "(a cycle)")
+        else:
+            total += 1
+            if isinstance(node, yaml.ScalarNode):
+                sizes[key] = (1, 1)
+            else:
+                children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) \
+                    else node.value
+                open_nodes.add(key)
+                stack.append((node, children))
+                stack.extend((child, None) for child in reversed(children))
+        if total > MAX_YAML_VALUES:
+            raise _Refused(f"the YAML expands to more than {MAX_YAML_VALUES} values"
+                           + (f" through its aliases (*name), a YAML alias bomb (the {aliases}th at line "
+                              f"{node.start_mark.line + 1})" if aliases else "")
+                           + "; a config needs far fewer")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` with bounds: size, aliases, expanded values, depth, duplicate keys.
+
+    Args:
+        text: the YAML document.
+        source: what to call it in errors: the file path, or ``--set key``.
+
+    Raises:
+        ConfigError: one line naming ``source``: a syntax error (with its line), or what
+            was refused and the limit.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: the YAML is longer than {MAX_CONFIG_BYTES // 1024} KiB, the limit for a config")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_graph(node)
+        return loader.construct_document(node)
+    except _Refused as refused:
+        raise ConfigError(f"{source}: {refused}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{source}: YAML syntax error{where}: {_short_text(problem, 200)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML nests more than {MAX_YAML_DEPTH} levels deep") from None
+    except (ValueError, OverflowError) as error:  # e.g. an integer of 5,000 digits, a 30 February
+        raise ConfigError(f"{source}: a YAML value cannot be read: {_short_text(str(error), 200)}") from None
+    finally:
+        loader.dispose()
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:
@@ -605,16 +726,15 @@ def from_dict(raw: dict, source: str = "config") -> Config:
 def apply_override(raw: dict, override: str) -> None:
     """Applies one ``dotted.key=value`` override to the raw config dict in place."""
     if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.epochs=3")
+        raise ConfigError(f"--set {_short(override)}: expected key=value, e.g. --set train.epochs=3")
     key, _, text = override.partition("=")
     key = key.strip().replace("[", ".").replace("]", "")
     parts = [p for p in key.split(".") if p]
     if not parts:
-        raise ConfigError(f"--set {override!r}: the key is empty")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"--set {_short(override)}: the key is empty")
+    if len(key) > 200:
+        raise ConfigError(f"--set {_short(key)}: the key is longer than 200 characters")
+    value = parse_yaml(text, f"--set {key}") if text.strip() else None
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -622,7 +742,7 @@ def apply_override(raw: dict, override: str) -> None:
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(
-                    f"--set {key}: {where!r} must be a list index below {len(node)}, got {part!r}"
+                    f"--set {key}: {where!r} must be a list index below {len(node)}, got {_short(part)}"
                 )
             index = int(part)
             if last:
@@ -661,6 +781,8 @@ def format_validation_error(error: ValidationError) -> str:
         if kind not in ("value_error", "assertion_error") or not isinstance(value, (dict, list)):
             if dotted:
                 message += f" (got {_short(value)})"
+    if len(message) > 500:  # a validator's message can quote a long user value
+        message = message[:497] + "..."
     if len(errors) > 1:
         message += f" [and {len(errors) - 1} more error(s)]"
     return message
@@ -683,7 +805,7 @@ def _dotted(loc: tuple) -> str:
             text += f"[{part}]"
         else:
             # Keys come from the user's file: escape newlines and control characters.
-            text += ("." if text else "") + str(part).encode("unicode_escape").decode("ascii")
+            text += ("." if text else "") + _short_text(str(part), 60).encode("unicode_escape").decode("ascii")
     return text
 
 
@@ -730,9 +852,31 @@ def _union_members(node: Any) -> list:
     return [m for m in (_unwrap(a) for a in typing.get_args(node)) if isinstance(m, type) and issubclass(m, BaseModel)]
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 6
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A user value for an error message: at most 80 characters, and never the whole value rendered first.
+
+    ``reprlib`` looks at no more than 6 items on each of 3 levels, and cuts long
+    strings before quoting them, so an alias bomb, a huge list or a 1 MiB string
+    cost microseconds here.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails: name its type
+        text = f"<{type(value).__name__}>"
+    return _short_text(text, 80)
+
+
+def _short_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value: Any) -> str:

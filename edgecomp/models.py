@@ -22,9 +22,6 @@ from edgecomp._keras import KERAS3_HELP, ensure_tf_keras_model, keras
 from edgecomp.config import ModelSpec
 from edgecomp.errors import ConfigError, ModelError
 
-UNSAFE_LAYERS = ("Lambda", "TFOpLambda")
-
-
 def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model"):
     """Builds or loads the model a ``ModelSpec`` names.
 
@@ -89,66 +86,198 @@ def _from_builder(spec: ModelSpec, input_shape, num_classes: int, where: str):
 def load(path: str | Path, trust: bool = False, where: str = "model.path"):
     """Loads a tf_keras model file (.keras, .h5 or SavedModel folder) without compiling it.
 
+    Safe by content, not by name: the format is told from the bytes the way tf_keras
+    tells it (a zip archive named ``.keras``, else a folder is a SavedModel, else the
+    file must be HDF5, whatever its name), the model config that tf_keras would
+    build from is read and parsed as JSON, and every object in it at any depth is
+    checked. Without ``trust`` a file that holds a ``Lambda`` layer or a serialized
+    Python ``lambda`` (or a TF-op layer that calls a function named in the file) is
+    refused, and so is a file whose config cannot be read; tf_keras then loads with
+    its safe mode on for every format, not only for ``.keras`` archives.
+
     Raises:
-        ModelError: missing file, a Keras 3 file, unsafe layers without ``trust``, or
-            a file tf_keras cannot read.
+        ModelError: missing file, a Keras 3 file, unsafe layers without ``trust``, an
+            unreadable config without ``trust``, or a file tf_keras cannot read.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{where}: {str(path)!r} does not exist")
-    _reject_keras3_file(path, where)
+    configs = _model_configs(path, where, strict=not trust)
     if not trust:
-        unsafe = _unsafe_layers(path)
+        unsafe = set().union(*(stored_code(config) for config in configs))
+        layers = sorted(unsafe & set(UNSAFE_LAYERS))
         if unsafe:
+            what = f"{' and '.join(layers)} layers, which run" if layers else "a serialized Python function, which runs"
             raise ModelError(
-                f"{where}: {path} contains {', '.join(sorted(set(unsafe)))} layers, which run code stored "
-                "in the file; load it only if you trust its origin, with model.trust: true (or --trust_model)"
+                f"{where}: {path} contains {what} code stored in the file; load it only if you trust "
+                "its origin, with model.trust: true (or --trust_model)"
             )
+    from tf_keras.src.saving import serialization_lib
+
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not trust)
-    except TypeError:
-        model = keras.models.load_model(path, compile=False)
+        # SafeModeScope makes tf_keras refuse lambdas in HDF5 and SavedModel files too,
+        # behind the check above; with trust it allows them in .keras archives.
+        with serialization_lib.SafeModeScope(not trust):
+            model = keras.models.load_model(path, compile=False, safe_mode=not trust)
     except Exception as error:  # noqa: BLE001 - any loader failure is the file's fault
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(f"{where}: tf_keras cannot load {path}: {message}") from None
+        raise ModelError(f"{where}: tf_keras cannot load {path}: {message[:300]}") from None
     return model
 
 
-def _reject_keras3_file(path: Path, where: str) -> None:
-    version = None
-    if path.suffix == ".keras" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if "metadata.json" in archive.namelist():
-                version = json.loads(archive.read("metadata.json")).get("keras_version")
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
+# Layers whose loading runs Python code stored in the file (Lambda: marshalled byte
+# code) or calls a TensorFlow function the file names (TFOpLambda, ClassMethod, and
+# SlicingOpLambda when it names anything but slicing), by class_name.
+UNSAFE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda", "ClassMethod")
+SERIALIZED_FUNCTION = "serialized Python function"
+_SLICING = "__operators__.getitem"
+_MAX_CONFIG_BYTES = 64 << 20
 
+
+def stored_code(config) -> set[str]:
+    """Names of what in a parsed Keras model config would run stored code; empty if none.
+
+    Walks every dict and list of the JSON at any depth (nested models, wrappers,
+    Sequential and Functional ``layers`` lists, layer arguments) without recursion.
+    Finds layers named in ``UNSAFE_LAYERS`` (by ``class_name`` or ``registered_name``),
+    serialized lambdas (``"class_name": "__lambda__"``) and functions stored as byte
+    code (a ``*_type: "lambda"`` entry, as in Lambda and RNN cell wrappers).
+    """
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in ("class_name", "registered_name"):
+                name = node.get(key)
+                if not isinstance(name, str):
+                    continue
+                name = name.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
+                inner = node.get("config")
+                function = inner.get("function") if isinstance(inner, dict) else None
+                if name == "SlicingOpLambda" and function == _SLICING:
+                    continue
+                if name in UNSAFE_LAYERS:
+                    found.add(name)
+                elif name in ("__lambda__", "__function__"):
+                    found.add(SERIALIZED_FUNCTION)
+            if any(isinstance(key, str) and key.endswith("_type") and value == "lambda" for key, value in node.items()):
+                found.add(SERIALIZED_FUNCTION)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _model_configs(path: Path, where: str, strict: bool) -> list:
+    """The parsed model configs tf_keras would build ``path`` from (all of them, for every format it could be).
+
+    Mirrors ``tf_keras.models.load_model``: a zip archive whose name ends in ``.keras``
+    is a Keras v3 archive (``config.json``), a folder is a SavedModel (Keras metadata
+    in ``keras_metadata.pb`` or in ``saved_model.pb``), and anything else is opened as
+    HDF5 (root attribute ``model_config``) whatever its name. Rejects Keras 3 files.
+    With ``strict``, a config that cannot be read is a ``ModelError``.
+    """
+    import h5py
+
+    configs: list = []
+
+    def unreadable(reason: str) -> None:
+        if strict:
+            raise ModelError(f"{where}: {path}: {reason}; edgecomp reads the model config before loading to "
+                             "refuse stored code, and cannot read this one")
+
+    def parse(text, what: str) -> None:
+        try:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+            configs.append(json.loads(text))
+        except (ValueError, TypeError, RecursionError) as error:
+            unreadable(f"{what} is not valid JSON ({str(error)[:100]})")
+
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+            raise ModelError(f"{where}: {path} is a folder but not a SavedModel (it has no saved_model.pb)")
+        _saved_model_configs(path, parse, unreadable)
+        return configs
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        is_hdf5 = h5py.is_hdf5(str(path))
+    except OSError as error:
+        raise ModelError(f"{where}: cannot read {path} ({error})") from None
+    if not is_zip and not is_hdf5:
+        raise ModelError(f"{where}: {path} is not a tf_keras model file: expected an HDF5 file (.h5), a .keras "
+                         "zip archive or a SavedModel folder")
+    if is_zip:
+        _keras_archive_configs(path, where, parse, unreadable, named=path.name.endswith(".keras") or is_hdf5)
+    if is_hdf5:
         try:
             with h5py.File(path, "r") as handle:
                 version = handle.attrs.get("keras_version")
-        except OSError as error:
-            raise ModelError(f"{where}: {path} is not a readable HDF5 model ({error})") from None
+                raw = handle.attrs.get("model_config")
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ModelError(f"{where}: {path} is not a readable HDF5 model ({str(error)[:200]})") from None
         if isinstance(version, bytes):
-            version = version.decode()
-    if version and str(version).startswith("3"):
-        raise ModelError(f"{where}: {path} was saved by Keras {version}; {KERAS3_HELP}")
+            version = version.decode("utf-8", "replace")
+        if version and str(version).startswith("3"):
+            raise ModelError(f"{where}: {path} was saved by Keras {version}; {KERAS3_HELP}")
+        if raw is None:
+            unreadable("the HDF5 file has no model_config (a weights-only file?)")
+        else:
+            parse(raw, "its HDF5 model_config")
+    return configs
 
 
-def _unsafe_layers(path: Path) -> list[str]:
-    text = ""
-    if path.suffix == ".keras" and zipfile.is_zipfile(path):
+def _keras_archive_configs(path: Path, where: str, parse, unreadable, named: bool) -> None:
+    try:
         with zipfile.ZipFile(path) as archive:
-            if "config.json" in archive.namelist():
-                text = archive.read("config.json").decode("utf-8", "replace")
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
+            entries = {info.filename: info for info in archive.infolist()}
+            if "metadata.json" in entries:
+                try:
+                    version = json.loads(archive.read("metadata.json")).get("keras_version")
+                except (ValueError, AttributeError, RuntimeError):
+                    version = None
+                if version and str(version).startswith("3"):
+                    raise ModelError(f"{where}: {path} was saved by Keras {version}; {KERAS3_HELP}")
+            if not named:
+                raise ModelError(f"{where}: {path} is a .keras zip archive, but tf_keras reads archives only "
+                                 "under a name ending in .keras; rename it")
+            infos = [info for info in archive.infolist() if info.filename == "config.json"]
+            if not infos:
+                unreadable("the .keras archive has no config.json")
+            for info in infos:
+                if info.file_size > _MAX_CONFIG_BYTES:
+                    unreadable(f"its config.json is larger than {_MAX_CONFIG_BYTES >> 20} MiB")
+                    continue
+                with archive.open(info) as handle:
+                    parse(handle.read(_MAX_CONFIG_BYTES + 1), "its config.json")
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:
+        unreadable(f"the .keras archive cannot be read ({str(error)[:200]})")
 
-        with h5py.File(path, "r") as handle:
-            raw = handle.attrs.get("model_config")
-            text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
-    elif path.is_dir() and (path / "keras_metadata.pb").exists():
-        text = (path / "keras_metadata.pb").read_bytes().decode("utf-8", "replace")
-    return [name for name in UNSAFE_LAYERS if f'"class_name": "{name}"' in text]
+
+def _saved_model_configs(path: Path, parse, unreadable) -> None:
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    from edgecomp._keras import tf
+
+    metadata_file = path / "keras_metadata.pb"
+    if metadata_file.exists():
+        metadata = saved_metadata_pb2.SavedMetadata()
+        try:
+            metadata.ParseFromString(metadata_file.read_bytes())
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
+            unreadable(f"keras_metadata.pb cannot be parsed ({str(error)[:100]})")
+        for node in metadata.nodes:
+            parse(node.metadata, f"the metadata of SavedModel object {node.node_path or node.node_id}")
+    try:
+        saved_model = tf.__internal__.saved_model.parse_saved_model(str(path))
+    except Exception as error:  # noqa: BLE001 - any parse failure: tf_keras cannot read it either
+        unreadable(f"not a readable SavedModel folder ({str(error).splitlines()[0][:200] if str(error) else error})")
+        return
+    for graph in saved_model.meta_graphs:
+        for node_id, node in enumerate(graph.object_graph_def.nodes):
+            if node.WhichOneof("kind") == "user_object" and node.user_object.metadata:
+                parse(node.user_object.metadata, f"the metadata of SavedModel object {node_id}")
 
 
 def check_functional(model, where: str = "model") -> None:
