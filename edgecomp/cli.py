@@ -41,7 +41,7 @@ def run_main(main) -> None:
             return main(argv)
         except EdgecompError as error:
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
+            sys.exit(error.exit_code)
         except KeyboardInterrupt:
             print("error: interrupted; run again with --resume to continue", file=sys.stderr)
             sys.exit(130)

@@ -117,7 +117,12 @@ class TrainConfig(_Strict):
     epochs: int = Field(20, ge=0)
     learning_rate: float = Field(0.001, gt=0.0, le=10.0)
     early_stopping_patience: int = Field(
-        5, ge=0, description="epochs without val_loss improvement before stopping; 0 disables"
+        5, ge=0, description="epochs without val_loss improvement before stopping; 0 disables (epochs while "
+                             "validation accuracy is near chance count none)"
+    )
+    stop_if_not_learned: bool = Field(
+        True, description="stop the run (exit 1) when the float model's test accuracy is near chance "
+                          "(within a tenth of the way from the majority class share to 1)"
     )
 
 

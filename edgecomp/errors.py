@@ -1,13 +1,16 @@
 """Errors edgecomp raises for user mistakes.
 
 Every error here is caught by the command-line tools and printed as one line,
-``error: <message>``, with exit status 2. Messages say what happened, where, and
-how to fix it. Anything else escaping the CLI is a bug in edgecomp.
+``error: <message>``, with exit status 2 (``exit_code``; 1 for a run whose result
+failed, such as a model that did not learn). Messages say what happened, where,
+and how to fix it. Anything else escaping the CLI is a bug in edgecomp.
 """
 
 
 class EdgecompError(Exception):
     """Base class of the errors a user can fix (bad config, bad file, bad device)."""
+
+    exit_code = 2
 
 
 class ConfigError(EdgecompError):
@@ -32,3 +35,9 @@ class DeviceError(EdgecompError):
 
 class OutputError(EdgecompError):
     """An output file or folder cannot be written: not writable, read-only, or the disk is full."""
+
+
+class NotLearnedError(EdgecompError):
+    """The float model ended near chance: compressing it would measure nothing. Exit status 1."""
+
+    exit_code = 1

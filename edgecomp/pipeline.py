@@ -25,7 +25,7 @@ from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
 from edgecomp.devices import open_configured
-from edgecomp.errors import DeviceError, EdgecompError, ModelError
+from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
 from edgecomp.targets import cpu, edgetpu, gpu, micro
@@ -109,13 +109,16 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             before = model
             with distribute.scope():   # models are copied, wrapped and compiled in the strategy's scope
                 model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
-            model = _outside_strategy(model, kind, before, tuple(previous), stage_params(item))
+            if not record.details.get("fallback"):
+                model = _outside_strategy(model, kind, before, tuple(previous), stage_params(item))
             record.seconds = time.time() - started_stage
             if kind not in UNCHECKPOINTED_STAGES:
                 checkpoints.save(index, kind, model, record)
         else:
             model = loaded
         report.stages.append(record)
+        if record.details.get("fallback"):
+            continue   # e.g. QAT tfmot could not wrap: the model is the float one, quantized after training
         # Filter pruning removes channels and leaves no zeros for a later stage to preserve.
         zeroes_weights = kind != "prune" or stage_params(item).structure != "filters"
         previous.append(kind if zeroes_weights else "prune_filters")
@@ -186,19 +189,45 @@ def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
     model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
     log.info("baseline: %s, %s params, training %d epochs", model.name, f"{models.count_params(model):,}",
              cfg.train.epochs)
-    training.fit(
+    history = training.fit(
         model, dataset, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate,
         batch_size=cfg.data.batch_size, log_dir=run_dir / "logs" / "00_baseline",
         patience=cfg.train.early_stopping_patience,
     )
     accuracy = training.accuracy(model, dataset.x_test, dataset.y_test)
     log.info("baseline Keras test accuracy %.4f", accuracy)
+    details = {"model": model.name, "epochs": cfg.train.epochs}
+    if history is not None:
+        details["epochs_run"] = len(history.epoch)
+        details["training"] = history.notes
+    check_learned(cfg, accuracy, training.chance_accuracy(dataset.y_test), details)
     record = StageRecord(
         stage="baseline", params=models.count_params(model), nonzero_params=models.count_nonzero_params(model),
-        metrics={"accuracy": accuracy}, seconds=time.time() - started,
-        details={"model": model.name, "epochs": cfg.train.epochs},
+        metrics={"accuracy": accuracy}, seconds=time.time() - started, details=details,
     )
     return model, record
+
+
+def check_learned(cfg: Config, accuracy: float, chance: float, details: dict) -> None:
+    """Stops the run when the float model's test accuracy is near chance: nothing after it would mean anything.
+
+    Raises:
+        NotLearnedError: with the figures, the likely causes and the keys to change.
+    """
+    if not cfg.train.stop_if_not_learned or not training.near_chance(accuracy, chance):
+        return
+    if cfg.train.epochs == 0:
+        causes = ("the given weights were not trained for this data (set train.epochs > 0), or the data is scaled "
+                  "differently from what the model was trained on")
+    else:
+        causes = ("too few epochs (train.epochs), a learning rate too high or too low (train.learning_rate), "
+                  "inputs scaled differently from what the model expects, or BatchNorm statistics that never "
+                  "caught up (edgecomp re-estimates them when it sees the gap)")
+    done = "; ".join(details.get("training", [])) or "no training decisions recorded"
+    raise NotLearnedError(
+        f"the float model's test accuracy is {accuracy:.4f}, near chance ({chance:.4f}): compressing it would "
+        f"measure nothing. Likely causes: {causes}. Training: {done}. "
+        "Set train.stop_if_not_learned: false to go on anyway")
 
 
 def _plain_int8_flash(cfg: Config, baseline, calibration) -> int | None:

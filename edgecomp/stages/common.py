@@ -6,10 +6,14 @@ earlier epoch would undo pruning or clustering that the schedule applied later.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from edgecomp import models, training
 from edgecomp.report import StageRecord
+
+log = logging.getLogger("edgecomp")
 
 # Reasons a layer is left as it is; named so reports and tests can rely on them.
 NOT_SUPPORTED = "layer type not supported by tfmot for this technique"
@@ -18,6 +22,7 @@ TOO_SMALL = "kernel has fewer weights than clusters"
 BN_NOT_AFTER_CONV = "BatchNormalization not directly after a Conv: not folded; only its output range is learned"
 UNKNOWN_ACTIVATION = "activation not supported by tfmot QAT: only the output range is learned"
 PREPROCESSING = "preprocessing layer: only the output range is learned"
+NOT_REWRITTEN = "TFOpLambda the preparer could not rewrite"
 OUTPUT_ONLY = "not in tfmot's QAT registry: only the output range is learned, weights quantized at conversion"
 
 

@@ -1,0 +1,119 @@
+"""The model preparer: TFOpLambda arithmetic rewritten into layers tfmot can wrap, exactly, without
+touching the original; QAT on keras.applications' MobileNetV3 and a hand-made squeeze-excite net;
+a graph tfmot still cannot wrap falls back to post-training quantization with the reason."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecomp import config, data, runtime
+from edgecomp._keras import keras, tf
+from edgecomp.stages import StageContext, prepare, quantize
+from edgecomp.targets import convert, cpu
+
+
+def tfop_lambdas(model) -> int:
+    return sum(type(layer).__name__ == "TFOpLambda" for layer in model.layers)
+
+
+def hard_swish(x):
+    return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def squeeze_excite_net(input_shape, num_classes):
+    """Hard-swish and a squeeze-excite gate written with tensor operators, as MobileNetV3/EfficientNet do."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(16, 3, padding="same")(inputs)
+    x = hard_swish(x)
+    x = keras.layers.Conv2D(32, 3, padding="same")(x)
+    x = hard_swish(x)
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = keras.layers.Conv2D(8, 1, activation="relu")(gate)
+    gate = keras.layers.Conv2D(32, 1)(gate)
+    gate = tf.nn.relu6(gate + 3.0) / 6.0
+    x = x * gate
+    x = x - 0.5 * tf.math.reduce_mean(x, axis=[1, 2], keepdims=True)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="squeeze_excite")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load(config.DataConfig(source="digits"), seed=0)
+
+
+def test_rewrite_of_operator_arithmetic_is_exact_and_leaves_the_original_alone(digits):
+    keras.utils.set_random_seed(0)
+    model = squeeze_excite_net(digits.input_shape, digits.num_classes)
+    lambdas = tfop_lambdas(model)
+    weights = [w.copy() for w in model.get_weights()]
+    prepared, report = prepare.prepare_for_qat(model, digits.x_val[:32])
+    assert lambdas >= 8 and tfop_lambdas(model) == lambdas, "the original keeps its layers"
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert tfop_lambdas(prepared) == 0 and not report["left"]
+    targets = {item["to"].split("(")[0] for item in report["rewritten"]}
+    assert {"ConstantArithmetic", "Multiply", "Subtract", "ReLU", "TensorFunction"} <= targets
+    np.testing.assert_allclose(prepared.predict(digits.x_test, verbose=0), model.predict(digits.x_test, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_model_without_tfop_lambdas_is_returned_as_is(tiny_model):
+    prepared, report = prepare.prepare_for_qat(tiny_model, np.zeros((2, 6, 6, 1), np.float32))
+    assert prepared is tiny_model and report == {"rewritten": [], "left": [], "max_difference": 0.0}
+
+
+@pytest.mark.slow
+def test_mobilenet_v3_small_is_prepared_and_wrapped_for_qat():
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10,
+                                                include_preprocessing=False)
+    samples = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    with pytest.raises(Exception, match="'list' object has no attribute 'dtype'"):
+        quantize.wrap_model(model)   # tfmot alone: the hard-swish TFOpLambda crashes quantize_apply
+    prepared, report = prepare.prepare_for_qat(model, samples)
+    assert len(report["rewritten"]) == 56 and report["max_difference"] <= prepare.TOLERANCE
+    quantized, scheme, annotated, skipped = quantize.wrap_model(prepared)
+    assert scheme == "QAT" and annotated > 50
+    assert quantized.output_shape == model.output_shape
+    table = quantize.coverage(quantized, skipped)
+    assert table["ConstantArithmetic"]["output_only"] == 56
+    assert table["Conv2D"]["qat"] > 0
+
+
+def _context(dataset, tmp_path):
+    cfg = config.from_dict({"output_dir": str(tmp_path), "data": {"batch_size": 64}})
+    return StageContext(cfg, dataset, Path(tmp_path) / "logs", ())
+
+
+def test_qat_of_a_squeeze_excite_net_gives_an_integer_file_close_to_float(digits, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = squeeze_excite_net(digits.input_shape, digits.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(0.005),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=8, batch_size=64, verbose=0)
+    float_accuracy = float(np.mean(model.predict(digits.x_test, verbose=0).argmax(-1) == digits.y_test))
+    quantized, record = quantize.apply(model, config.QuantizeConfig(epochs=2), _context(digits, tmp_path))
+    assert record.details["scheme"] == "QAT" and "fallback" not in record.details
+    assert record.details["prepared"]["rewritten"]
+    assert record.details["coverage"]["ConstantArithmetic"]["output_only"] >= 4
+    content = convert.convert(quantized, "int8", "float32", digits.x_train[:200])
+    verdict = cpu.verify(content, "int8")
+    assert verdict["ok"], verdict["details"]["rules"]
+    int8_accuracy = runtime.evaluate(content, digits.x_test, digits.y_test)["accuracy"]
+    assert float_accuracy > 0.85
+    assert int8_accuracy >= float_accuracy - 0.02, (float_accuracy, int8_accuracy)
+
+
+def test_graph_tfmot_cannot_wrap_falls_back_to_post_training_quantization_with_the_reason(digits, tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(digits.input_shape)
+    a = keras.layers.Conv2D(4, 3)(inputs)
+    b = keras.layers.Conv2D(4, 3)(inputs)
+    x = tf.math.squared_difference(a, b)   # two tensors, no Keras layer for it: the preparer leaves it
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(digits.num_classes)(x))
+    returned, record = quantize.apply(model, config.QuantizeConfig(epochs=1), _context(digits, tmp_path))
+    assert returned is model
+    assert record.details["fallback"] == "post-training quantization"
+    assert "squared_difference" in record.details["prepared"]["left"][0]["layer"]
+    assert "post-training quantization" in record.skipped[0]["reason"]
