@@ -132,12 +132,36 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         record = _variant(cfg, stage_kind(item), model, params, dataset, calibration, run_dir, expect)
         if stage_kind(item) == "micro" and plain_int8 and record.compatibility.get("details"):
             _compare_with_plain_int8(record, plain_int8)
-        if stage_kind(item) == "cpu" and _needs_guard(params, record, report.reference, previous):
-            _guard(cfg, record, params, model, dataset, calibration, run_dir, report.reference, expect)
+        if stage_kind(item) == "cpu" and _needs_guard(params, record, previous):
+            _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect)
+        record.accuracy_steps = accuracy_steps(report.stages, report.reference, record)
         report.targets.append(record)
     report.seconds = time.time() - started
     _write_report(report, run_dir)
     return report
+
+
+def accuracy_steps(records: list[StageRecord], reference: TargetRecord | None, target: TargetRecord) -> dict:
+    """Where the accuracy went: each stage against the model it was given, then conversion, then the total.
+
+    Stage figures are Keras test accuracies of the stage's model; ``conversion_points``
+    is the file's measured test accuracy against the last stage's model;
+    ``total_points`` is against the float32 reference file.
+    """
+    if not target.metrics or "accuracy" not in target.metrics:
+        return {}
+    steps, before = [], None
+    for stage in records:
+        accuracy = stage.metrics.get("accuracy")
+        if before is not None and accuracy is not None:
+            steps.append({"stage": stage.stage, "delta_points": (accuracy - before) * 100})
+        before = accuracy if accuracy is not None else before
+    result = {"stages": steps}
+    if before is not None:
+        result["conversion_points"] = (target.metrics["accuracy"] - before) * 100
+    if reference is not None and reference.metrics.get("accuracy") is not None:
+        result["total_points"] = (target.metrics["accuracy"] - reference.metrics["accuracy"]) * 100
+    return result
 
 
 def _outside_strategy(model, kind: str = "baseline", before=None, previous: tuple[str, ...] = (), params=None):
@@ -338,42 +362,86 @@ def failed_rules(record: TargetRecord) -> str:
     return "failed " + "; ".join(failed) if failed else "passed"
 
 
-def _needs_guard(params, record: TargetRecord, reference: TargetRecord, previous: list[str]) -> bool:
-    """Post-training int8 (no QAT stage) that lost more accuracy than the target allows."""
-    if params.quantization != "int8" or "quantize" in previous or not record.metrics or not reference.metrics:
-        return False
-    drop = (reference.metrics["accuracy"] - record.metrics["accuracy"]) * 100
-    return drop > params.max_accuracy_drop
+def _needs_guard(params, record: TargetRecord, previous: list[str]) -> bool:
+    """Post-training int8 (no QAT stage) with measured accuracy: judged against the model it was given."""
+    return params.quantization == "int8" and "quantize" not in previous and bool(record.metrics)
 
 
-def _guard(cfg, record, params, model, dataset, calibration, run_dir, reference, expect) -> None:
-    """Ranks layers by int8 error; with ``fallback: float`` rewrites the file with the worst kept float."""
+def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect) -> None:
+    """Judges the int8 file against the float model it came from; repairs it when over budget.
+
+    The float model's accuracy is the last stage's (Keras, test split): the drop of
+    this step alone. Over budget on the test or the validation split, the repair
+    ladder of ``accuracy_guard.repair`` runs, measured on the validation split; the
+    verdict (rule ``accuracy_budget``) is given on the test split, after repair.
+    """
     from edgecomp.targets import accuracy_guard
 
-    fallback = params.fallback
-    if fallback == "float" and params.io != "float32":
-        log.warning("%s: fallback: float needs io: float32 (layers kept float cannot take %s input); "
-                    "ranking layers only", record.target, params.io)
-        fallback = "none"
-    result = accuracy_guard.guard(model, calibration, dataset.x_test, dataset.y_test,
-                                  reference.metrics["accuracy"], record.metrics["accuracy"],
-                                  params.max_accuracy_drop, fallback)
-    record.accuracy_guard = {key: result[key] for key in ("drop_points", "layers", "float_layers", "within_budget")}
-    record.accuracy_guard["budget_points"] = params.max_accuracy_drop
-    if result["content"] is None:
-        log.warning("%s: int8 loses %.2f points (budget %.2f); worst layer %s; set fallback: float to repair",
-                    record.target, result["drop_points"], params.max_accuracy_drop,
-                    result["layers"][0]["tensor"] if result["layers"] else "?")
-        return
-    content = result["content"]
+    budget = params.max_accuracy_drop
+    float_test = stages[-1].metrics["accuracy"]
+    has_val = len(dataset.x_val) > 0
+    validation = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_test, dataset.y_test)
+    float_val = training.accuracy(model, *validation)
+    original = converter_bytes(run_dir, record)
+    int8_val = runtime.evaluate(original, *validation, where="validation")["accuracy"]
+    test_drop = (float_test - record.metrics["accuracy"]) * 100
+    val_drop = (float_val - int8_val) * 100
+    guard = {"float_model_accuracy": float_test, "budget_points": budget, "drop_points": test_drop,
+             "validation_drop_points": val_drop, "judged_on": "validation" if has_val else "test (no validation split)",
+             "float_layers": [], "layers": [], "steps": [], "rung": None}
+    record.accuracy_guard = guard
+    if test_drop > budget or val_drop > budget:
+        fallback = params.fallback
+        if fallback == "float" and params.io != "float32":
+            log.warning("%s: fallback: float needs io: float32 (layers kept float cannot take %s input); "
+                        "calibration rung only", record.target, params.io)
+            fallback = "none"
+        log.info("%s: int8 loses %.2f points against the float model it came from (budget %.2f); repairing",
+                 record.target, test_drop, budget)
+        result = accuracy_guard.repair(model, calibration, dataset.x_train, validation, float_val, original,
+                                       budget, fallback)
+        guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
+                     rung=result["rung"], calibration_samples=result["calibration_samples"])
+        if result["content"] != original:
+            _replace_file(cfg, record, params, result["content"], dataset, run_dir, expect,
+                          len(result["float_layers"]))
+        guard["drop_points"] = (float_test - record.metrics["accuracy"]) * 100
+    guard["within_budget"] = guard["drop_points"] <= budget
+    _budget_rule(record, guard, params)
+
+
+def converter_bytes(run_dir: Path, record: TargetRecord) -> bytes:
+    """The bytes of a target's written file."""
+    return (run_dir / record.path).read_bytes()
+
+
+def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_layers: int) -> None:
     path = files.write_bytes(run_dir / record.path, content)
     record.size_bytes = path.stat().st_size
     record.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))
     record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=record.path)
-    record.compatibility = cpu.verify(content, params.quantization, params.io, expect,
-                                            float_fallback=len(result["float_layers"]))
+    record.compatibility = cpu.verify(content, params.quantization, params.io, expect, float_fallback=float_layers)
     record.io = runtime.io_details(content)
     record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
+
+
+def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
+    """Adds ``accuracy_budget`` to the target's rules: the conversion's own drop, on the test split."""
+    drop, budget = guard["drop_points"], guard["budget_points"]
+    detail = (f"int8 {record.metrics['accuracy']:.4f} vs the float model it was converted from "
+              f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
+    if guard["rung"] and guard["rung"] != "plain":
+        detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
+    ok = drop <= budget
+    if not ok:
+        detail += ("; over budget after every repair rung: try a quantize (QAT) stage, fallback: float, "
+                   "int16x8 or more data.calibration_samples")
+        if params.allow_over_budget:
+            detail += " (allowed: allow_over_budget)"
+    details = record.compatibility.setdefault("details", {})
+    details.setdefault("rules", []).append({"rule": "accuracy_budget", "ok": ok or params.allow_over_budget,
+                                            "detail": detail})
+    record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and (ok or params.allow_over_budget)
 
 
 def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:

@@ -47,6 +47,7 @@ class TargetRecord:
     io: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     accuracy_guard: dict[str, Any] = dataclasses.field(default_factory=dict)
+    accuracy_steps: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -201,21 +202,8 @@ def render(report: Report) -> str:
                 f"{_figure(bench.get('init_ms'), '.2f')} | {_figure(bench.get('first_ms'), '.3f')} | "
                 f"{_figure(bench.get('peak_rss_mb'), '.0f', ' MB')} |"
             )
-    guarded = [r for r in report.targets if r.accuracy_guard]
-    if guarded:
-        lines += ["", "## Accuracy guard (post-training int8)", ""]
-        for record in guarded:
-            guard = record.accuracy_guard
-            lines.append(f"- **{record.target}**: drop {guard['drop_points']:.2f} points after the guard "
-                         f"(budget {guard['budget_points']:.2f}); "
-                         + (f"{len(guard['float_layers'])} layer(s) kept float: "
-                            + ", ".join(f"`{name}`" for name in guard["float_layers"])
-                            if guard["float_layers"] else "no fallback (set fallback: float to repair)"))
-            lines.append("")
-            lines.append("  | layer output | op | RMSE / scale |")
-            lines.append("  |---|---|---|")
-            for row in guard["layers"]:
-                lines.append(f"  | `{row['tensor']}` | {row['op']} | {row['rmse_per_scale']:.3f} |")
+    lines += _accuracy_steps_lines(report)
+    lines += _guard_lines(report)
     io_notes = [(r.target, r.io) for r in report.targets if any(d["dtype"] != "float32" for d in r.io.get("inputs", []))]
     if io_notes:
         lines += ["", "## Quantized inputs and outputs", "",
@@ -227,6 +215,54 @@ def render(report: Report) -> str:
                     lines.append(f"- {target} {kind[:-1]} {name} {d['dtype']} {d['shape']}: "
                                  f"scale {d['scale']:.8g}, zero_point {d['zero_point']}")
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_steps_lines(report: Report) -> list[str]:
+    """Where accuracy went, per file: each stage against its input, conversion, total against the reference."""
+    rows = [record for record in report.targets if record.accuracy_steps]
+    if not rows:
+        return []
+    lines = ["", "## Where accuracy went", "",
+             "Each step against the model it was given (stages: Keras accuracy on the test split; conversion: the "
+             "file's measured accuracy against the last stage's model); total: the file against the float32 "
+             "reference.", "", "| variant | " + " | ".join(
+                 item["stage"] for item in rows[0].accuracy_steps.get("stages", [])) + (
+                 " | " if rows[0].accuracy_steps.get("stages") else "") + "conversion | total |",
+             "|---|" + "---|" * (len(rows[0].accuracy_steps.get("stages", [])) + 2)]
+    for record in rows:
+        steps = record.accuracy_steps
+        cells = [f"{item['delta_points']:+.2f} pt" for item in steps.get("stages", [])]
+        cells += [f"{steps[key]:+.2f} pt" if key in steps else "–" for key in ("conversion_points", "total_points")]
+        lines.append(f"| {record.target} {record.quantization} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _guard_lines(report: Report) -> list[str]:
+    """The accuracy guard's verdict and the repair rungs it measured."""
+    guarded = [r for r in report.targets if r.accuracy_guard]
+    if not guarded:
+        return []
+    lines = ["", "## Accuracy guard (post-training int8)", ""]
+    for record in guarded:
+        guard = record.accuracy_guard
+        verdict = "within budget" if guard.get("within_budget") else "OVER BUDGET"
+        how = {None: "no repair needed" if guard.get("within_budget") else "no rung met the budget",
+               "plain": "no repair needed", "calibration": "repaired by calibrating on more data",
+               "float_fallback": "repaired by keeping layers float"}.get(guard.get("rung"), guard.get("rung"))
+        lines.append(f"- **{record.target}**: {guard['drop_points']:.2f} points lost against the float model it "
+                     f"was converted from (test split; budget {guard['budget_points']:.2f}): {verdict}; {how}"
+                     + (f"; {len(guard['float_layers'])} layer(s) kept float: "
+                        + ", ".join(f"`{name}`" for name in guard["float_layers"]) if guard.get("float_layers") else ""))
+        if guard.get("steps"):
+            lines += ["", f"  Repair rungs, measured on the {guard.get('judged_on', 'validation')} split:", "",
+                      "  | rung | what | accuracy | drop | size |", "  |---|---|---|---|---|"]
+            for step in guard["steps"]:
+                lines.append(f"  | {step['rung']} | {step['detail']} | {step['validation_accuracy']:.4f} | "
+                             f"{step['drop_points']:+.2f} pt | {_kb(step['size_bytes'])} |")
+        if guard.get("layers"):
+            lines += ["", "  | layer output | op | RMSE / scale |", "  |---|---|---|"]
+            lines += [f"  | `{row['tensor']}` | {row['op']} | {row['rmse_per_scale']:.3f} |" for row in guard["layers"]]
+    return lines
 
 
 def plot(report: Report, folder: Path) -> list[Path]:

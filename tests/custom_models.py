@@ -88,3 +88,22 @@ def conv_relu_no_batchnorm(input_shape, num_classes):
     x = keras.layers.ReLU(name="relu3")(x)
     outputs = keras.layers.Dense(num_classes, name="head")(x)
     return keras.Model(inputs, outputs, name="conv_relu_no_batchnorm")
+
+
+def templates_with_offset(input_shape, num_classes, offset=10000.0):
+    """A nearest-class-mean classifier for scikit-learn's digits (no training needed, ~0.9 accuracy)
+    whose logits ride on a huge constant: int8 output quantization (range from 0 to the offset) cannot
+    tell the classes apart, while float32 can."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.reshape(len(digits.images), -1).astype("float32") / 16.0
+    means = np.stack([x[digits.target == c].mean(axis=0) for c in range(num_classes)])
+    inputs = keras.Input(input_shape)
+    flat = keras.layers.Flatten()(inputs)
+    dense = keras.layers.Dense(num_classes, name="templates")
+    outputs = dense(flat)
+    model = keras.Model(inputs, outputs, name="templates_with_offset")
+    dense.set_weights([means.T, -0.5 * (means ** 2).sum(axis=1) + offset])
+    return model

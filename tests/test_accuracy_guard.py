@@ -1,7 +1,5 @@
 """The int8 accuracy guard: ranks layers by quantization error, keeps the worst float."""
 
-import numpy as np
-
 from edgecomp import runtime
 from edgecomp.report import Report, TargetRecord, render
 from edgecomp.targets import accuracy_guard, cpu
@@ -14,33 +12,47 @@ def test_layer_errors_are_ranked_worst_first(tiny_model, tiny_dataset):
     assert values == sorted(values, reverse=True)
 
 
-def test_fallback_keeps_the_worst_layers_float_until_budget_or_exhausted(tiny_model, tiny_dataset):
-    # A budget below zero can never be met: the guard must go on until every candidate is float.
-    result = accuracy_guard.guard(tiny_model, tiny_dataset.x_train[:30], tiny_dataset.x_test, tiny_dataset.y_test,
-                                  reference_accuracy=1.0, int8_accuracy=0.0, max_drop_points=-1.0,
-                                  fallback="float")
+def _plain(tiny_model, tiny_dataset):
+    from edgecomp.targets import convert
+
+    return convert.convert(tiny_model, "int8", "float32", tiny_dataset.x_train[:30])
+
+
+def test_repair_within_budget_measures_once_and_keeps_the_file(tiny_model, tiny_dataset):
+    content = _plain(tiny_model, tiny_dataset)
+    result = accuracy_guard.repair(tiny_model, tiny_dataset.x_train[:30], tiny_dataset.x_train,
+                                   (tiny_dataset.x_val, tiny_dataset.y_val), 0.0, content, budget_points=100.0)
+    assert result["rung"] == "plain" and result["content"] is content
+    assert [step["rung"] for step in result["steps"]] == ["plain"]
+
+
+def test_repair_climbs_every_rung_but_never_keeps_every_layer_float(tiny_model, tiny_dataset):
+    # A budget below zero can never be met: every rung is measured, and the best file is kept.
+    content = _plain(tiny_model, tiny_dataset)
+    validation = (tiny_dataset.x_val, tiny_dataset.y_val)
+    result = accuracy_guard.repair(tiny_model, tiny_dataset.x_train[:30], tiny_dataset.x_train, validation,
+                                   1.0, content, budget_points=-1.0, fallback="float")
+    rungs = [step["rung"] for step in result["steps"]]
+    assert rungs[:2] == ["plain", "calibration"] and set(rungs[2:]) == {"float_fallback"}
+    assert result["rung"] is None
     ranking = accuracy_guard.layer_errors(tiny_model, tiny_dataset.x_train[:30])
-    assert result["float_layers"] == [row["tensor"] for row in ranking]
-    assert not result["within_budget"]
-    content = result["content"]
-    assert result["accuracy"] == runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)["accuracy"]
-    strict = cpu.verify(content, "int8")
-    assert not strict["ok"]  # float ops are there...
-    allowed = cpu.verify(content, "int8", float_fallback=len(result["float_layers"]))
-    assert allowed["ok"]  # ...and accepted when the guard put them there on purpose
-
-
-def test_guard_without_fallback_only_ranks(tiny_model, tiny_dataset):
-    result = accuracy_guard.guard(tiny_model, tiny_dataset.x_train[:30], tiny_dataset.x_test, tiny_dataset.y_test,
-                                  reference_accuracy=0.9, int8_accuracy=0.8, max_drop_points=1.0)
-    assert result["content"] is None and result["layers"]
-    assert np.isclose(result["drop_points"], 10.0)
+    assert len(result["float_layers"]) < len(ranking)
+    assert len(rungs) - 2 == min(accuracy_guard.CANDIDATES, len(ranking) - 1)
+    best = min(result["steps"], key=lambda step: (step["drop_points"], step["size_bytes"]))
+    measured = runtime.evaluate(result["content"], *validation)["accuracy"]
+    assert measured == best["validation_accuracy"]
+    if result["float_layers"]:
+        assert not cpu.verify(result["content"], "int8")["ok"]  # float ops are there...
+        assert cpu.verify(result["content"], "int8", float_fallback=len(result["float_layers"]))["ok"]  # ...on purpose
 
 
 def test_report_lists_guard_ranking_and_float_layers():
     record = TargetRecord("cpu", "int8", "cpu/model.tflite", 10, 5, {"accuracy": 0.9}, {"ok": True, "details": {}},
                           accuracy_guard={"drop_points": 0.5, "budget_points": 1.0, "within_budget": True,
-                                          "float_layers": ["dense/MatMul"],
+                                          "float_layers": ["dense/MatMul"], "rung": "float_fallback",
+                                          "steps": [{"rung": "plain", "detail": "200 calibration samples",
+                                                     "validation_accuracy": 0.88, "drop_points": 3.0,
+                                                     "size_bytes": 2048}],
                                           "layers": [{"tensor": "dense/MatMul", "op": "FULLY_CONNECTED",
                                                       "rmse_per_scale": 0.42}]})
     reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
@@ -48,3 +60,5 @@ def test_report_lists_guard_ranking_and_float_layers():
     text = render(Report("x", "0", reference=reference, targets=[record]))
     assert "1 layer(s) kept float: `dense/MatMul`" in text
     assert "| `dense/MatMul` | FULLY_CONNECTED | 0.420 |" in text
+    assert "repaired by keeping layers float" in text
+    assert "| plain | 200 calibration samples | 0.8800 | +3.00 pt | 2.0 KB |" in text

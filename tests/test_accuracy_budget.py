@@ -1,0 +1,59 @@
+"""Over budget means failed: post-training int8 judged against the float model it came from, repaired
+cheapest rung first, and a file still over budget fails the run (exit 1) unless allowed."""
+
+import json
+
+import yaml
+
+from conftest import ROOT, run_cli
+
+CONFIG = {
+    "data": {"source": "digits", "calibration_samples": 50},
+    "model": {"builder": "custom_models:templates_with_offset"},
+    "train": {"epochs": 0},
+    "benchmark": {"runs": 2, "warmup": 0},
+}
+
+
+def _run(tmp_path, name, target):
+    cfg = {**CONFIG, "name": name, "output_dir": str(tmp_path), "targets": [{"cpu": target}]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = run_cli("edgecomp.train", "--config", str(path), cwd=ROOT / "tests")
+    report = tmp_path / name / "report.json"
+    return result, json.loads(report.read_text()) if report.exists() else None
+
+
+def test_int8_over_budget_after_every_rung_fails_the_run_with_the_figures(tmp_path):
+    result, report = _run(tmp_path, "over", {"quantization": "int8", "fallback": "none"})
+    assert result.returncode == 1, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "cpu failed accuracy_budget" in error[0] and "budget 1.00" in error[0]
+    target = report["targets"][0]
+    rule = next(r for r in target["compatibility"]["details"]["rules"] if r["rule"] == "accuracy_budget")
+    assert not rule["ok"] and "try a quantize (QAT) stage" in rule["detail"]
+    guard = target["accuracy_guard"]
+    assert [step["rung"] for step in guard["steps"]] == ["plain", "calibration"]
+    assert guard["rung"] is None and not guard["within_budget"]
+    assert guard["drop_points"] > 50   # the float model is ~0.9, the int8 file near chance
+    steps = target["accuracy_steps"]
+    assert steps["conversion_points"] < -50 and steps["stages"] == []
+    assert "OVER BUDGET" in (tmp_path / "over" / "report.md").read_text()
+
+
+def test_allow_over_budget_keeps_exit_0_and_says_so(tmp_path):
+    result, report = _run(tmp_path, "allowed", {"quantization": "int8", "fallback": "none",
+                                                "allow_over_budget": True})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rule = next(r for r in report["targets"][0]["compatibility"]["details"]["rules"] if r["rule"] == "accuracy_budget")
+    assert rule["ok"] and "allowed: allow_over_budget" in rule["detail"]
+
+
+def test_default_guard_repairs_by_keeping_the_measured_culprit_float(tmp_path):
+    result, report = _run(tmp_path, "repaired", {"quantization": "int8"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    guard = report["targets"][0]["accuracy_guard"]
+    assert guard["rung"] == "float_fallback" and guard["within_budget"]
+    assert len(guard["float_layers"]) == 1
+    accuracy = report["targets"][0]["metrics"]["accuracy"]
+    assert abs(accuracy - report["reference"]["metrics"]["accuracy"]) <= 0.01
