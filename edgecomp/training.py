@@ -88,12 +88,13 @@ def reestimate_batchnorm(model, x, batch_size: int, max_batches: int = BATCHNORM
 class BatchNormRepair(keras.callbacks.Callback):
     """Re-estimates BatchNorm statistics when training accuracy runs far ahead of validation accuracy.
 
-    At the end of an epoch whose training accuracy is ``BATCHNORM_GAP`` or more above
-    its validation accuracy (or every epoch once a re-estimate has helped), the moving
-    statistics are re-estimated on training batches and the validation split is
-    evaluated again; the new statistics are kept when the validation loss is lower,
-    and the epoch's ``val_loss``/``val_accuracy`` are replaced, so early stopping
-    judges the repaired model. Place it before early stopping.
+    At the end of every epoch whose training accuracy is ``BATCHNORM_GAP`` or more
+    above its validation accuracy, the moving statistics are re-estimated on training
+    batches and the validation split is evaluated again; the new statistics are kept
+    when the validation loss is lower, and the epoch's ``val_loss``/``val_accuracy``
+    are replaced, so early stopping judges the repaired model. Epochs without the gap
+    are left alone (a default-momentum BatchNorm catches up by itself after an epoch
+    or two). Place it before early stopping.
 
     Args:
         x_train: samples to re-estimate on.
@@ -104,13 +105,13 @@ class BatchNormRepair(keras.callbacks.Callback):
     def __init__(self, x_train, x_val, y_val, batch_size: int):
         super().__init__()
         self.x_train, self.x_val, self.y_val, self.batch_size = x_train, x_val, y_val, batch_size
-        self.active = False
+        self.repaired: list[tuple[int, float, float]] = []
         self.notes: list[str] = []
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or "val_loss" not in logs or "accuracy" not in logs or "val_accuracy" not in logs:
             return
-        if not self.active and logs["accuracy"] - logs["val_accuracy"] < BATCHNORM_GAP:
+        if logs["accuracy"] - logs["val_accuracy"] < BATCHNORM_GAP:
             return
         layers = batchnorm_layers(self.model)
         if not layers:
@@ -122,14 +123,20 @@ class BatchNormRepair(keras.callbacks.Callback):
             for layer, weights in zip(layers, saved):
                 layer.set_weights(weights)
             return
-        if not self.active:
-            note = (f"epoch {epoch + 1}: training accuracy {logs['accuracy']:.3f} but validation {logs['val_accuracy']:.3f}; "
-                    f"BatchNorm moving statistics ({len(layers)} layers) re-estimated on training batches: validation "
-                    f"accuracy {logs['val_accuracy']:.3f} -> {accuracy:.3f}; re-estimated after every later epoch")
-            log.info("training: %s", note)
-            self.notes.append(note)
-            self.active = True
+        if not self.repaired:
+            log.info("training: epoch %d: training accuracy %.3f but validation %.3f; BatchNorm moving statistics "
+                     "(%d layers) re-estimated on training batches: validation accuracy %.3f", epoch + 1,
+                     logs["accuracy"], logs["val_accuracy"], len(layers), accuracy)
+        self.repaired.append((epoch + 1, float(logs["val_accuracy"]), float(accuracy)))
         logs["val_loss"], logs["val_accuracy"] = float(loss), float(accuracy)
+
+    def on_train_end(self, logs=None):
+        if self.repaired:
+            first, before, after = self.repaired[0]
+            self.notes.append(
+                f"BatchNorm moving statistics lagged behind the weights (training accuracy far above validation): "
+                f"re-estimated on training batches after {len(self.repaired)} epoch(s), first at epoch {first} "
+                f"(validation accuracy {before:.3f} -> {after:.3f})")
 
 
 class LearningEarlyStopping(keras.callbacks.EarlyStopping):
