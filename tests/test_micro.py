@@ -156,3 +156,30 @@ def test_run_with_a_cluster_stage_reports_micro_flash_against_the_baselines_plai
     text = (cfg.run_dir / "report.md").read_text()
     assert f"{lut['ratio_to_plain_int8']:.3f}× the baseline's plain int8 file" in text
     assert "input 0 (names stripped) int8" in text
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_dilated_convs_converted_with_batch_1_run_the_same_in_tflm_and_litert(rank):
+    """With a dynamic batch a dilated conv becomes SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which
+    TFLM computes differently; the micro target converts with batch 1: one CONV_2D, outputs that agree."""
+    import numpy as np
+
+    from edgecomp._keras import keras
+    from edgecomp.targets import convert
+
+    keras.utils.set_random_seed(0)
+    shape = (40, 1) if rank == 1 else (12, 12, 1)
+    conv = keras.layers.Conv1D if rank == 1 else keras.layers.Conv2D
+    pool = keras.layers.GlobalAveragePooling1D if rank == 1 else keras.layers.GlobalAveragePooling2D
+    inputs = keras.Input(shape)
+    x = conv(8, 3, padding="same", activation="relu")(inputs)
+    x = conv(8, 3, padding="same", dilation_rate=2, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(pool()(x)))
+    rng = np.random.default_rng(0)
+    x_test = rng.random((40, *shape), dtype=np.float32)
+    y_test = rng.integers(0, 3, 40)
+    content = convert.convert(model, "int8", "int8", x_test[:20], static_batch=True)
+    assert "SPACE_TO_BATCH_ND" not in micro.op_names(content)
+    compatibility, metrics = micro.verify(content, config.MicroTargetConfig(), x_test, y_test)
+    assert compatibility["ok"], compatibility["details"]["rules"]
+    assert metrics["accuracy"] == metrics["litert_accuracy"]

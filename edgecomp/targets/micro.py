@@ -5,7 +5,8 @@ The file is run in the real TFLM interpreter (the ``tflite-micro`` package):
 - ``loads_in_tflm``: TFLM has kernels for every op and allocates the model.
 - ``matches_litert``: on test samples, TFLM's int8 outputs are within one
   quantization step of LiteRT's reference kernels (``BUILTIN_REF``; the optimized
-  kernels and XNNPACK round differently).
+  kernels and XNNPACK round differently), or further apart on at most 0.5 % of
+  outputs while every prediction is the same (``MAX_SHARE_BEYOND_ONE_STEP``).
 - ``fits_flash``: the model's bytes fit the board's flash budget.
 - ``fits_ram``: the smallest tensor arena that allocates and runs (searched to
   16 bytes), plus 16 bytes of alignment margin, fits the board's RAM budget.
@@ -58,6 +59,10 @@ class _Worker:
     def close(self):
         self._folder.cleanup()
 
+
+# matches_litert's tolerance: TFLM and LiteRT's reference kernels may round a requantization differently, and
+# a deep network carries that on; a few outputs more than one step apart pass when no prediction changes.
+MAX_SHARE_BEYOND_ONE_STEP = 0.005
 
 def _runs(content: bytes, arena_size: int, sample: np.ndarray) -> bool:
     """Whether the model allocates and runs one sample in ``arena_size`` bytes (a crash counts as no)."""
@@ -136,9 +141,15 @@ def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test
     step = runtime.io_details(content)["outputs"][0]["scale"] or 1.0
     steps = np.rint(np.abs(tflm_out - litert_out) / step) if len(x) else np.zeros(1)
     worst = int(steps.max())
-    rules.append(_rule("matches_litert", worst <= 1,
+    beyond = float((steps > 1).mean())
+    same_answers = bool(len(x) == 0 or np.array_equal(tflm_out.argmax(-1), litert_out.argmax(-1)))
+    tolerated = worst <= 1 or (same_answers and beyond <= MAX_SHARE_BEYOND_ONE_STEP)
+    rules.append(_rule("matches_litert", tolerated,
                        f"largest output difference {worst} quantization step(s) from LiteRT's reference kernels "
-                       f"on {len(x)} samples (≤ 1); {float((steps == 0).mean()):.1%} of outputs identical"))
+                       f"on {len(x)} samples; {float((steps == 0).mean()):.1%} of outputs identical, "
+                       f"{beyond:.2%} more than 1 step apart, predictions "
+                       f"{'identical' if same_answers else 'DIFFERENT'} (allowed: ≤ 1 step, or more on at most "
+                       f"{MAX_SHARE_BEYOND_ONE_STEP:.1%} of outputs when every prediction is the same)"))
 
     flash_kb, ram_kb = params.budget
     rules.append(_rule("fits_flash", len(content) <= flash_kb * 1024,
