@@ -6,7 +6,10 @@ weights (tfmot's m-by-n sparsity; ``sparsity`` is then 0.5 by construction);
 ``structure: filters`` removes whole channels instead (see ``edgecomp.stages.filters``).
 ``schedule: polynomial`` ramps from 0 to ``sparsity`` over the first
 ``ramp_share`` of the fine-tuning steps (default 0.75, so the last quarter trains
-at full sparsity); ``constant`` prunes to ``sparsity`` from the first step.
+at full sparsity); ``constant`` prunes to ``sparsity`` from the first step. When the
+schedule leaves validation accuracy more than half a point below the model the
+stage was given, up to ``recovery_epochs`` more epochs fine-tune at full sparsity
+with early stopping (``details.recovery`` says what they did).
 
 Example:
     >>> new_model, record = prune.apply(model, config.PruneConfig(sparsity=0.8, epochs=4), context)  # doctest: +SKIP
@@ -19,12 +22,15 @@ from __future__ import annotations
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
+from edgecomp import training
 from edgecomp._keras import keras
 from edgecomp.config import PruneConfig
 from edgecomp.stages import common, filters
 
 sparsity_api = tfmot.sparsity.keras
 M_BY_N_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
+# Validation points below the unpruned model after which the stage fine-tunes on at full sparsity.
+RECOVERY_POINTS = 0.5
 
 
 def _prunable(layer, structure: str) -> str | None:
@@ -79,6 +85,35 @@ def wrap_model(model, params: PruneConfig, total_steps: int):
     return keras.models.clone_model(model, clone_function=wrap), pruned, skipped
 
 
+def _validation_accuracy(model, context) -> float | None:
+    dataset = context.dataset
+    if len(dataset.x_val) == 0:
+        return None
+    return training.accuracy(model, dataset.x_val, dataset.y_val)
+
+
+def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context) -> dict | None:
+    """Fine-tunes at full sparsity until validation accuracy recovers, when the schedule left it short.
+
+    Runs when the pruned model's validation accuracy is more than ``RECOVERY_POINTS``
+    below the model the stage was given: up to ``recovery_epochs`` more epochs with
+    the masks fixed (the schedule has ended), early stopping on the validation loss
+    (patience 2) restoring only weights from these epochs, all at the target sparsity.
+    """
+    before = _validation_accuracy(wrapped, context)
+    if model_accuracy is None or before is None or (model_accuracy - before) * 100 <= RECOVERY_POINTS:
+        return None
+    common.log.info("prune: validation accuracy %.4f after the schedule, %.4f before pruning; fine-tuning up to %d "
+                    "more epochs at %.2f sparsity", before, model_accuracy, params.recovery_epochs, params.sparsity)
+    history = training.fit(wrapped, context.dataset, epochs=params.recovery_epochs, learning_rate=params.learning_rate,
+                           batch_size=context.config.data.batch_size, log_dir=context.log_dir, patience=2,
+                           callbacks=[sparsity_api.UpdatePruningStep()])
+    after = _validation_accuracy(wrapped, context)
+    return {"validation_before_pruning": model_accuracy, "validation_after_schedule": before,
+            "validation_after_recovery": after, "epochs": len(history.epoch) if history else 0,
+            "training": history.notes if history else []}
+
+
 def apply(model, params: PruneConfig, context):
     """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
 
@@ -92,9 +127,11 @@ def apply(model, params: PruneConfig, context):
         return model, common.record("prune", model, context, [], details)
 
     total_steps = params.epochs * common.steps_per_epoch(context)
+    model_accuracy = _validation_accuracy(model, context)
     wrapped, pruned, skipped = wrap_model(model, params, total_steps)
     common.finetune(wrapped, context, params.epochs, params.learning_rate,
                     callbacks=[sparsity_api.UpdatePruningStep()])
+    recovery = _recover(wrapped, model_accuracy, params, context) if params.recovery_epochs else None
     stripped = sparsity_api.strip_pruning(wrapped)
     statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in pruned}
     details = {
@@ -106,4 +143,6 @@ def apply(model, params: PruneConfig, context):
         "model_sparsity": common.total_sparsity(common.layer_statistics(stripped)),
         "layers": statistics,
     }
+    if recovery:
+        details["recovery"] = recovery
     return stripped, common.record("prune", stripped, context, skipped, details)
