@@ -25,7 +25,7 @@ TRAIN = {
     "data": {"source": "synthetic", "image_size": [6, 6], "num_classes": 3, "samples": 120,
              "calibration_samples": 10},
     "model": {"zoo": "digits_cnn", "args": {"width": 0.25}},
-    "train": {"epochs": 1},
+    "train": {"epochs": 1, "stop_if_not_learned": False},
     "targets": [{"cpu": {"quantization": "int8"}}],
     "benchmark": {"runs": 2, "warmup": 0},
 }

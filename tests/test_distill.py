@@ -222,7 +222,7 @@ def test_distill_then_distilled_qat_runs_end_to_end_and_the_report_shows_both(tm
         "name": "kd", "output_dir": str(tmp_path),
         "data": {"source": "digits", "calibration_samples": 50},
         "model": {"zoo": "digits_cnn", "args": {"width": 0.25}},
-        "train": {"epochs": 1},
+        "train": {"epochs": 1, "stop_if_not_learned": False},
         "stages": [{"distill": {"teacher": {"zoo": "digits_cnn", "args": {"width": 0.5}}, "teacher_epochs": 1,
                                 "epochs": 1, "baseline_student": True}},
                    {"quantize": {"epochs": 1, "distill_from": "float"}}],

@@ -142,7 +142,7 @@ def test_pipeline_with_a_gpu_target_reports_compatibility_and_accuracy_of_the_fi
         "data": {"source": "synthetic", "image_size": [8, 8], "num_classes": 3, "samples": 200,
                  "calibration_samples": 20},
         "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
-        "train": {"epochs": 1},
+        "train": {"epochs": 1, "stop_if_not_learned": False},
         "targets": [{"gpu": {}}],
         "benchmark": {"runs": 2, "warmup": 0},
     })

@@ -19,7 +19,7 @@ def tiny_run(tmp_path_factory):
         "output_dir": str(out),
         "data": {"source": "digits", "calibration_samples": 50},
         "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
-        "train": {"epochs": 1},
+        "train": {"epochs": 1, "stop_if_not_learned": False},
         "targets": [{"cpu": {"quantization": "int8"}}, {"micro": {}}, {"edgetpu": {}}],
         "benchmark": {"runs": 10, "warmup": 1},
     })
@@ -105,7 +105,7 @@ def test_resume_after_an_upstream_change_trains_again(tiny_run, caplog):
 def test_same_config_and_seed_give_the_same_metrics_and_files(tmp_path):
     raw = {"name": "twice", "data": {"source": "synthetic", "image_size": [6, 6], "num_classes": 3, "samples": 200,
                                      "calibration_samples": 20},
-           "model": {"zoo": "digits_cnn", "args": {"width": 0.25}}, "train": {"epochs": 2},
+           "model": {"zoo": "digits_cnn", "args": {"width": 0.25}}, "train": {"epochs": 2, "stop_if_not_learned": False},
            "targets": [{"cpu": {"quantization": "int8"}}], "benchmark": {"runs": 2, "warmup": 0}}
     first = pipeline.run(config.from_dict({**raw, "output_dir": str(tmp_path / "a")}))
     second = pipeline.run(config.from_dict({**raw, "output_dir": str(tmp_path / "b")}))
