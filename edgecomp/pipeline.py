@@ -401,7 +401,7 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
         log.info("%s: int8 loses %.2f points against the float model it came from (budget %.2f); repairing",
                  record.target, test_drop, budget)
         result = accuracy_guard.repair(model, calibration, dataset.x_train, validation, float_val, original,
-                                       budget, fallback)
+                                       budget, fallback, plain_failed=test_drop > budget)
         guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
                      rung=result["rung"], calibration_samples=result["calibration_samples"])
         if result["content"] != original:

@@ -92,7 +92,7 @@ def _step(rung: str, detail: str, content: bytes, validation, float_accuracy: fl
 
 
 def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tuple, float_accuracy: float,
-           content: bytes, budget_points: float, fallback: str = "float") -> dict:
+           content: bytes, budget_points: float, fallback: str = "float", plain_failed: bool = False) -> dict:
     """Climbs the repair ladder until the int8 file's validation drop is within ``budget_points``.
 
     Args:
@@ -104,6 +104,8 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
         content: the plain int8 file.
         budget_points: allowed drop, in points, against ``float_accuracy``.
         fallback: ``"float"`` allows the float-fallback rung.
+        plain_failed: the caller found ``content`` over budget on the test split: climb the rungs even
+            when the validation split says the plain file is within budget (the best on validation wins).
 
     Returns:
         ``{"content": chosen bytes, "rung": rung that met the budget or None, "steps": [{"rung", "detail",
@@ -118,9 +120,9 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
         best = chosen["step"]
         if (step["drop_points"], step["size_bytes"]) < (best["drop_points"], best["size_bytes"]):
             chosen.update(content=candidate, step=step, calibration=samples, float_layers=float_layers)
-        return step["drop_points"] <= budget_points
+        return step["drop_points"] <= budget_points and chosen["step"] is step
 
-    done = steps[0]["drop_points"] <= budget_points
+    done = steps[0]["drop_points"] <= budget_points and not plain_failed
     if done:
         result["rung"] = "plain"
     more = x_train[:MAX_CALIBRATION]
