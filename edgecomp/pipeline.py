@@ -384,7 +384,7 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
     has_val = len(dataset.x_val) > 0
     validation = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_test, dataset.y_test)
     float_val = training.accuracy(model, *validation)
-    original = converter_bytes(run_dir, record)
+    original = (run_dir / record.path).read_bytes()
     int8_val = runtime.evaluate(original, *validation, where="validation")["accuracy"]
     test_drop = (float_test - record.metrics["accuracy"]) * 100
     val_drop = (float_val - int8_val) * 100
@@ -412,11 +412,6 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
     _budget_rule(record, guard, params)
 
 
-def converter_bytes(run_dir: Path, record: TargetRecord) -> bytes:
-    """The bytes of a target's written file."""
-    return (run_dir / record.path).read_bytes()
-
-
 def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_layers: int) -> None:
     path = files.write_bytes(run_dir / record.path, content)
     record.size_bytes = path.stat().st_size
@@ -434,7 +429,7 @@ def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
               f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
     if guard["rung"] and guard["rung"] != "plain":
         detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
-    ok = drop <= budget
+    ok = guard["within_budget"]
     if not ok:
         detail += ("; over budget after every repair rung: try a quantize (QAT) stage, fallback: float, "
                    "int16x8 or more data.calibration_samples")

@@ -127,7 +127,7 @@ def apply(model, params: PruneConfig, context):
         return model, common.record("prune", model, context, [], details)
 
     total_steps = params.epochs * common.steps_per_epoch(context)
-    model_accuracy = _validation_accuracy(model, context)
+    model_accuracy = _validation_accuracy(model, context) if params.recovery_epochs else None
     wrapped, pruned, skipped = wrap_model(model, params, total_steps)
     common.finetune(wrapped, context, params.epochs, params.learning_rate,
                     callbacks=[sparsity_api.UpdatePruningStep()])

@@ -82,8 +82,15 @@ def with_float_layers(model, calibration: np.ndarray, tensors: list[str]) -> byt
     return bytes(debugger.get_nondebug_quantized_model())
 
 
-def _step(rung: str, detail: str, content: bytes, validation, float_accuracy: float) -> dict:
-    accuracy = runtime.evaluate(content, *validation, where="validation")["accuracy"]
+def _validation_accuracy(content: bytes, validation) -> float:
+    return runtime.evaluate(content, *validation, where="validation")["accuracy"]
+
+
+def _step(rung: str, detail: str, content: bytes, validation, float_accuracy: float,
+          accuracy: float | None = None) -> dict:
+    """One rung's record; ``accuracy`` when the file was already measured on ``validation``."""
+    if accuracy is None:
+        accuracy = _validation_accuracy(content, validation)
     step = {"rung": rung, "detail": detail, "validation_accuracy": accuracy,
             "drop_points": (float_accuracy - accuracy) * 100, "size_bytes": len(content)}
     log.info("accuracy guard: %s (%s): validation drop %.2f points, %s bytes", rung, detail, step["drop_points"],
@@ -137,16 +144,19 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
         ranking = layer_errors(model, samples)
         result["layers"] = ranking[:TOP_LAYERS]
         candidates = [row["tensor"] for row in ranking[:CANDIDATES]] if len(ranking) > 1 else []
-        gains = []
+        singles = []   # (validation accuracy, tensor, file with that one layer float)
         for tensor in candidates:
             single = with_float_layers(model, samples, [tensor])
-            gains.append((runtime.evaluate(single, *validation, where="validation")["accuracy"], tensor))
-        order = [tensor for _, tensor in sorted(gains, key=lambda item: -item[0])]
+            singles.append((_validation_accuracy(single, validation), tensor, single))
+        singles.sort(key=lambda item: -item[0])
+        order = [tensor for _, tensor, _ in singles]
         for count in range(1, min(len(order), len(ranking) - 1) + 1):   # never all: that is the float32 file
             kept = order[:count]
-            candidate = with_float_layers(model, samples, kept)
+            # The best single layer's file was built and measured while ranking.
+            measured, candidate = (singles[0][0], singles[0][2]) if count == 1 else \
+                (None, with_float_layers(model, samples, kept))
             step = _step("float_fallback", f"{count} layer(s) float: {', '.join(kept)}", candidate, validation,
-                         float_accuracy)
+                         float_accuracy, measured)
             steps.append(step)
             if consider(step, candidate, samples, kept):
                 done, result["rung"] = True, "float_fallback"
