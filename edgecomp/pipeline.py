@@ -425,7 +425,7 @@ def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_
 def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
     """Adds ``accuracy_budget`` to the target's rules: the conversion's own drop, on the test split."""
     drop, budget = guard["drop_points"], guard["budget_points"]
-    detail = (f"int8 {record.metrics['accuracy']:.4f} vs the float model it was converted from "
+    detail = (f"int8 {record.metrics['accuracy']:.4f} vs the float model it was converted from (Keras) "
               f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
     if guard["rung"] and guard["rung"] != "plain":
         detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
