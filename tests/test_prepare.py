@@ -117,3 +117,31 @@ def test_graph_tfmot_cannot_wrap_falls_back_to_post_training_quantization_with_t
     assert record.details["fallback"] == "post-training quantization"
     assert "squared_difference" in record.details["prepared"]["left"][0]["layer"]
     assert "post-training quantization" in record.skipped[0]["reason"]
+
+
+def test_qat_ranges_start_at_the_float_models_ranges_even_for_tiny_activations(digits):
+    """EfficientNet's in-model Rescaling(1/255) on inputs already in [0, 1]: every early activation is ~0.004.
+
+    tfmot starts each activation range at [-6, 6], which rounds such values to zero;
+    the ranges must come from the float model, so the wrapped model computes what
+    the float model does before any QAT step.
+    """
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(digits.input_shape)
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3)(x)
+    x = keras.layers.Activation("swish")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Activation("swish")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(digits.num_classes)(x))
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train, digits.y_train, epochs=1, batch_size=64, verbose=0)   # real BatchNorm statistics
+    expected = model.predict(digits.x_test[:64], verbose=0)
+    quantized = quantize.wrap_model(model)[0]
+    assert quantize.initialize_ranges(quantized, digits.x_train, 64, float_model=model) > 0
+    got = quantized.predict(digits.x_test[:64], verbose=0)
+    error = np.abs(got - expected).max() / np.abs(expected).max()
+    assert error < 0.1, error
+    assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.9
