@@ -51,13 +51,46 @@ def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model"):
             f"{where} expects input shape {got} but the data has {expected}; "
             "change data.image_size/channels or the model's Input"
         )
-    outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
-    if outputs is not None and outputs != num_classes:
+    check_classifier_head(model, num_classes, expected, where)
+    return model
+
+
+def check_classifier_head(model, num_classes: int, input_shape: tuple, where: str = "model") -> None:
+    """Checks that ``model`` gives one score per class: shape ``(batch, classes)``, logits or softmax.
+
+    Raises:
+        ModelError: naming the shape or activation found, the data's shapes and the fix.
+    """
+    if isinstance(model.output_shape, list):
+        raise ModelError(f"{where} has {len(model.outputs)} outputs; edgecomp supports single-output classifiers")
+    shape = tuple(model.output_shape[1:])
+    if len(shape) != 1:
         raise ModelError(
-            f"{where} has {outputs} outputs but the data has {num_classes} classes; "
+            f"{where} gives outputs of shape {shape} per sample, but a classifier gives one score per class, "
+            f"({num_classes},); the data's samples have shape {input_shape}: add a Flatten() or a global pooling "
+            "layer before the last Dense")
+    if shape[0] is not None and shape[0] != num_classes:
+        raise ModelError(
+            f"{where} has {shape[0]} outputs but the data has {num_classes} classes; "
             "give the model a head with one output per class"
         )
-    return model
+    head = head_activation(model)
+    if head not in (None, "linear", "softmax"):
+        raise ModelError(
+            f"{where} ends in a {head} activation; edgecomp trains and scores single-label classifiers whose last "
+            "layer gives logits (no activation) or softmax probabilities: remove the activation of the last layer "
+            "or use softmax")
+
+
+def head_activation(model) -> str | None:
+    """The name of the last layer's activation (``"softmax"`` for a Softmax layer), or None."""
+    layer = model.layers[-1]
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    return getattr(activation, "__name__", None) or layer.get_config().get("activation")
 
 
 def _from_builder(spec: ModelSpec, input_shape, num_classes: int, where: str):
@@ -326,11 +359,4 @@ def count_nonzero_params(model) -> int:
 
 def ends_with_softmax(model) -> bool:
     """Whether the model's output already is a probability distribution (softmax head)."""
-    layer = model.layers[-1]
-    activation = getattr(layer, "activation", None)
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    if activation is not None:
-        name = getattr(activation, "__name__", "") or getattr(layer, "get_config", lambda: {})().get("activation", "")
-        return name == "softmax"
-    return False
+    return head_activation(model) == "softmax"

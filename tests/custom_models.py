@@ -107,3 +107,17 @@ def templates_with_offset(input_shape, num_classes, offset=10000.0):
     model = keras.Model(inputs, outputs, name="templates_with_offset")
     dense.set_weights([means.T, -0.5 * (means ** 2).sum(axis=1) + offset])
     return model
+
+
+def dense_on_sequence(input_shape, num_classes):
+    """An MLP written for flat inputs, given MNIST-1D's (40, 1) samples: Dense acts per time step."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Dense(32, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def sigmoid_head(input_shape, num_classes):
+    """A multi-label style head: one sigmoid per class."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="sigmoid")(x))

@@ -59,6 +59,18 @@ def test_builder_with_wrong_class_count_is_explained():
         models.build(spec, (6, 6, 1), 10)
 
 
+def test_model_whose_output_is_not_one_score_per_class_is_explained_before_training():
+    spec = config.ModelSpec(builder="tests.custom_models:dense_on_sequence")
+    with pytest.raises(ModelError, match=r"outputs of shape \(40, 10\) per sample.*\(40, 1\).*add a Flatten"):
+        models.build(spec, (40, 1), 10)
+
+
+def test_model_with_a_sigmoid_head_is_explained_before_training():
+    spec = config.ModelSpec(builder="tests.custom_models:sigmoid_head")
+    with pytest.raises(ModelError, match="ends in a sigmoid activation.*logits .* or softmax"):
+        models.build(spec, (6, 6, 1), 3)
+
+
 @pytest.mark.parametrize("builder, expected", [
     ("tests.nowhere:f", "cannot import module 'tests.nowhere'"),
     ("tests.custom_models:missing", "has no function 'missing'"),
