@@ -97,6 +97,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         del reference_model
 
     previous: list[str] = []
+    before_qat = None   # the float model QAT started from: the QAT file is judged against it
     for index, item in enumerate(cfg.stages, start=1):
         kind = stage_kind(item)
         loaded, record = checkpoints.load(index, kind)
@@ -116,6 +117,8 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
                 checkpoints.save(index, kind, model, record)
         else:
             model = loaded
+        if kind == "quantize" and chief:
+            before_qat = before if loaded is None else None
         report.stages.append(record)
         if record.details.get("fallback"):
             continue   # e.g. QAT tfmot could not wrap: the model is the float one, quantized after training
@@ -134,6 +137,9 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             _compare_with_plain_int8(record, plain_int8)
         if stage_kind(item) == "cpu" and _needs_guard(params, record, previous):
             _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect)
+        elif stage_kind(item) == "cpu" and _needs_guard(params, record, []) and before_qat is not None:
+            _guard(cfg, record, params, before_qat, dataset, calibration, run_dir, report.stages[:-1], expect,
+                   qat=True)
         record.accuracy_steps = accuracy_steps(report.stages, report.reference, record)
         report.targets.append(record)
     report.seconds = time.time() - started
@@ -369,13 +375,18 @@ def _needs_guard(params, record: TargetRecord, previous: list[str]) -> bool:
     return params.quantization == "int8" and "quantize" not in previous and bool(record.metrics)
 
 
-def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect) -> None:
+def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect, qat: bool = False) -> None:
     """Judges the int8 file against the float model it came from; repairs it when over budget.
 
     The float model's accuracy is the last stage's (Keras, test split): the drop of
     this step alone. Over budget on the test or the validation split, the repair
     ladder of ``accuracy_guard.repair`` runs, measured on the validation split; the
     verdict (rule ``accuracy_budget``) is given on the test split, after repair.
+
+    With ``qat``, the file is the QAT-trained one, ``model`` the float model QAT
+    started from and ``stages`` end with that model's stage: QAT and conversion are
+    judged together against it, and the ladder's rungs quantize ``model`` after
+    training instead (the best file on validation wins).
     """
     from edgecomp.targets import accuracy_guard
 
@@ -390,7 +401,8 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
     val_drop = (float_val - int8_val) * 100
     guard = {"float_model_accuracy": float_test, "budget_points": budget, "drop_points": test_drop,
              "validation_drop_points": val_drop, "judged_on": "validation" if has_val else "test (no validation split)",
-             "float_layers": [], "layers": [], "steps": [], "rung": None}
+             "float_layers": [], "layers": [], "steps": [], "rung": None,
+             "against": "the model before QAT" if qat else "the float model it was converted from"}
     record.accuracy_guard = guard
     if test_drop > budget or val_drop > budget:
         fallback = params.fallback
@@ -401,7 +413,8 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
         log.info("%s: int8 loses %.2f points against the float model it came from (budget %.2f); repairing",
                  record.target, test_drop, budget)
         result = accuracy_guard.repair(model, calibration, dataset.x_train, validation, float_val, original,
-                                       budget, fallback, plain_failed=test_drop > budget)
+                                       budget, fallback, plain_failed=test_drop > budget,
+                                       first_rung="qat" if qat else "plain")
         guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
                      rung=result["rung"], calibration_samples=result["calibration_samples"])
         if result["content"] != original:
@@ -425,9 +438,10 @@ def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_
 def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
     """Adds ``accuracy_budget`` to the target's rules: the conversion's own drop, on the test split."""
     drop, budget = guard["drop_points"], guard["budget_points"]
-    detail = (f"int8 {record.metrics['accuracy']:.4f} vs the float model it was converted from (Keras) "
+    against = guard.get("against", "the float model it was converted from")
+    detail = (f"int8 {record.metrics['accuracy']:.4f} vs {against} (Keras) "
               f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
-    if guard["rung"] and guard["rung"] != "plain":
+    if guard["rung"] and guard["rung"] not in ("plain", "qat"):
         detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
     ok = guard["within_budget"]
     if not ok:

@@ -242,15 +242,19 @@ def _guard_lines(report: Report) -> list[str]:
     guarded = [r for r in report.targets if r.accuracy_guard]
     if not guarded:
         return []
-    lines = ["", "## Accuracy guard (post-training int8)", ""]
+    lines = ["", "## Accuracy guard (int8 against the float model it came from)", ""]
     for record in guarded:
         guard = record.accuracy_guard
         verdict = "within budget" if guard.get("within_budget") else "OVER BUDGET"
         how = {None: "no repair needed" if guard.get("within_budget") else "no rung met the budget",
-               "plain": "no repair needed", "calibration": "repaired by calibrating on more data",
+               "plain": "no repair needed", "qat": "no repair needed",
+               "calibration": "repaired by calibrating on more data",
                "float_fallback": "repaired by keeping layers float"}.get(guard.get("rung"), guard.get("rung"))
-        lines.append(f"- **{record.target}**: {guard['drop_points']:.2f} points lost against the float model it "
-                     f"was converted from (test split; budget {guard['budget_points']:.2f}): {verdict}; {how}"
+        against = guard.get("against", "the float model it was converted from")
+        if guard.get("rung") in ("calibration", "float_fallback") and against == "the model before QAT":
+            how = "QAT's file replaced by post-training int8 of the model before QAT, " + how
+        lines.append(f"- **{record.target}**: {guard['drop_points']:.2f} points lost against {against} "
+                     f"(test split; budget {guard['budget_points']:.2f}): {verdict}; {how}"
                      + (f"; {len(guard['float_layers'])} layer(s) kept float: "
                         + ", ".join(f"`{name}`" for name in guard["float_layers"]) if guard.get("float_layers") else ""))
         if guard.get("steps"):

@@ -57,3 +57,26 @@ def test_default_guard_repairs_by_keeping_the_measured_culprit_float(tmp_path):
     assert len(guard["float_layers"]) == 1
     accuracy = report["targets"][0]["metrics"]["accuracy"]
     assert abs(accuracy - report["reference"]["metrics"]["accuracy"]) <= 0.01
+
+
+def test_qat_file_over_budget_is_judged_against_the_model_before_qat_and_replaced(tmp_path):
+    """QAT that wrecked the model (learning rate 1.0): post-training int8 of the model before QAT wins."""
+    cfg = {"name": "qat", "output_dir": str(tmp_path), "data": {"source": "digits", "calibration_samples": 50},
+           "model": {"zoo": "digits_cnn"}, "train": {"epochs": 6, "learning_rate": 0.01},
+           "benchmark": {"runs": 2, "warmup": 0},
+           "stages": [{"quantize": {"epochs": 1, "learning_rate": 1.0}}],
+           "targets": [{"cpu": {"quantization": "int8"}}]}
+    path = tmp_path / "qat.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = run_cli("edgecomp.train", "--config", str(path), cwd=ROOT / "tests")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "qat" / "report.json").read_text())
+    baseline, qat = report["stages"][0]["metrics"]["accuracy"], report["stages"][1]["metrics"]["accuracy"]
+    assert baseline > 0.9 and qat < baseline - 0.2, (baseline, qat)   # QAT itself lost
+    guard = report["targets"][0]["accuracy_guard"]
+    assert guard["against"] == "the model before QAT"
+    assert guard["float_model_accuracy"] == baseline
+    assert guard["steps"][0]["rung"] == "qat" and guard["steps"][0]["drop_points"] > 20
+    assert guard["rung"] in ("calibration", "float_fallback") and guard["within_budget"]
+    assert report["targets"][0]["metrics"]["accuracy"] >= baseline - 0.01
+    assert "replaced by post-training int8 of the model before QAT" in (tmp_path / "qat" / "report.md").read_text()

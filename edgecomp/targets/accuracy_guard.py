@@ -99,7 +99,8 @@ def _step(rung: str, detail: str, content: bytes, validation, float_accuracy: fl
 
 
 def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tuple, float_accuracy: float,
-           content: bytes, budget_points: float, fallback: str = "float", plain_failed: bool = False) -> dict:
+           content: bytes, budget_points: float, fallback: str = "float", plain_failed: bool = False,
+           first_rung: str = "plain") -> dict:
     """Climbs the repair ladder until the int8 file's validation drop is within ``budget_points``.
 
     Args:
@@ -113,13 +114,17 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
         fallback: ``"float"`` allows the float-fallback rung.
         plain_failed: the caller found ``content`` over budget on the test split: climb the rungs even
             when the validation split says the plain file is within budget (the best on validation wins).
+        first_rung: what ``content`` is: ``"plain"`` (post-training int8 of ``model``) or ``"qat"`` (the
+            quantization-aware-trained file; ``model`` is then the float model QAT started from, and the
+            later rungs quantize it after training instead).
 
     Returns:
         ``{"content": chosen bytes, "rung": rung that met the budget or None, "steps": [{"rung", "detail",
         "validation_accuracy", "drop_points", "size_bytes"}], "layers": ranking (top), "float_layers": [...],
         "calibration_samples": int}``. When no rung meets the budget, ``content`` is the best one measured.
     """
-    steps = [_step("plain", f"{len(calibration)} calibration samples", content, validation, float_accuracy)]
+    what = "quantization-aware training" if first_rung == "qat" else f"{len(calibration)} calibration samples"
+    steps = [_step(first_rung, what, content, validation, float_accuracy)]
     chosen = {"content": content, "step": steps[0], "calibration": calibration, "float_layers": []}
     result = {"steps": steps, "layers": [], "float_layers": [], "rung": None}
 
@@ -131,7 +136,7 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
 
     done = steps[0]["drop_points"] <= budget_points and not plain_failed
     if done:
-        result["rung"] = "plain"
+        result["rung"] = first_rung
     more = x_train[:MAX_CALIBRATION]
     if not done and len(more) > len(calibration):
         candidate = convert(model, "int8", "float32", more)
