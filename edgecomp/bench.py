@@ -6,10 +6,12 @@ Example:
 """
 
 import json
+import math
 
 from absl import flags
 
 from edgecomp import cli, files
+from edgecomp.config import MAX_RUNS, MAX_THREADS, MAX_TIMEOUT_S
 from edgecomp.errors import ConfigError
 
 flags.DEFINE_string("model", None, "The .tflite file to run.")
@@ -19,12 +21,16 @@ flags.DEFINE_string("benchmark_binary", None, "adb:// only: TFLite's benchmark_m
 flags.DEFINE_alias("benchmark-binary", "benchmark_binary")
 flags.DEFINE_enum("adb_delegate", "xnnpack", ["xnnpack", "gpu", "nnapi", "none"], "adb:// only: delegate to ask for.")
 flags.DEFINE_string("adb_cpu_mask", None, "adb:// only: taskset CPU mask in hex, e.g. f0.")
-flags.DEFINE_integer("runs", 100, "Timed invocations.", lower_bound=1)
-flags.DEFINE_integer("warmup", 10, "Untimed invocations first.", lower_bound=0)
-flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1)
+flags.DEFINE_integer("runs", 100, "Timed invocations.", lower_bound=1, upper_bound=MAX_RUNS)
+flags.DEFINE_integer("warmup", 10, "Untimed invocations first.", lower_bound=0, upper_bound=MAX_RUNS)
+flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1, upper_bound=MAX_THREADS)
 flags.DEFINE_bool("xnnpack", True, "Apply the XNNPACK delegate (--noxnnpack turns it off).")
 flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
-flags.DEFINE_float("timeout", 600.0, "Seconds before the benchmark is stopped.", lower_bound=1)
+flags.DEFINE_float("timeout", 600.0, f"Seconds before the benchmark is stopped, 1 to {MAX_TIMEOUT_S:.0f}.",
+                   lower_bound=1, upper_bound=MAX_TIMEOUT_S)
+# absl's bounds let nan through (every comparison with nan is false): the validator does not.
+flags.register_validator("timeout", lambda seconds: math.isfinite(seconds) and 1 <= seconds <= MAX_TIMEOUT_S,
+                         message=f"must be a finite number of seconds from 1 to {MAX_TIMEOUT_S:.0f} (one day)")
 FLAGS = flags.FLAGS
 
 

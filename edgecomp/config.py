@@ -46,9 +46,32 @@ QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 # zoo name is reported without importing TensorFlow.
 ZOO_NAMES = ("digits_cnn", "mnist1d_cnn", "ds_cnn", "resnet8", "mobilenet_v2")
 
+# Upper bounds of the numbers a config may hold. Each is far above what a real run
+# uses; without them a value such as seed 2**32, timeout_s .inf or image_size
+# [100000, 100000] passed validation and crashed later with a traceback or MemoryError.
+MAX_SEED = 2**31 - 1  # stages and ensemble members seed from seed + a few thousand: NumPy takes < 2**32
+MAX_IMAGE_SIDE = 4096
+MAX_SAMPLES = 1_000_000
+MAX_CLASSES = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_CALIBRATION_SAMPLES = 100_000
+MAX_EPOCHS = 100_000
+MAX_LEARNING_RATE = 10.0
+MAX_TEMPERATURE = 1000.0
+MAX_TIMEOUT_S = 86_400.0  # one day
+MAX_RUNS = 1_000_000
+MAX_THREADS = 1024
+MAX_MULTIPLE = 4096  # rank_multiple, round_to: channel counts
+MAX_COUNT = 2**31 - 1  # counts with no natural limit (weights, KB, test samples)
+# float32 values of a data set generated in memory (digits upsampled, synthetic): 8 GiB.
+MAX_GENERATED_VALUES = 2**31
+DIGITS_SAMPLES = 1797  # scikit-learn's digits
+ADB_SERIAL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]*"  # whole string: re.fullmatch
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: every float key refuses .inf, -.inf and .nan.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -56,20 +79,23 @@ class DataConfig(_Strict):
 
     source: Literal["digits", "mnist1d", "npz", "image_dir", "synthetic"] = "digits"
     path: Optional[str] = Field(None, description="npz file or image_dir folder")
-    image_size: Optional[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = Field(
-        None, description="image_dir (required), synthetic and digits (bilinear upsampling): [height, width]"
+    image_size: Optional[tuple[Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)],
+                               Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]]] = Field(
+        None, description=f"image_dir (required), synthetic and digits (bilinear upsampling): [height, width], "
+                          f"each 1..{MAX_IMAGE_SIDE}; digits and synthetic data, generated in memory, may hold at "
+                          f"most {MAX_GENERATED_VALUES:,} values (samples x height x width x channels)"
     )
     channels: Optional[Literal[1, 3]] = Field(
         None, description="image_dir, synthetic and digits: 1 or 3 (digits: the gray image replicated)"
     )
-    num_classes: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="synthetic only")
-    samples: Optional[Annotated[int, Field(ge=20)]] = Field(None, description="synthetic only")
+    num_classes: Optional[Annotated[int, Field(ge=2, le=MAX_CLASSES)]] = Field(None, description="synthetic only")
+    samples: Optional[Annotated[int, Field(ge=20, le=MAX_SAMPLES)]] = Field(None, description="synthetic only")
     validation_split: float = Field(0.1, ge=0.0, lt=1.0)
     test_split: float = Field(
         0.2, gt=0.0, lt=1.0, description="share held out for testing where the source has no test split"
     )
-    batch_size: int = Field(64, ge=1)
-    calibration_samples: int = Field(200, ge=1, description="representative dataset size")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
+    calibration_samples: int = Field(200, ge=1, le=MAX_CALIBRATION_SAMPLES, description="representative dataset size")
 
     @model_validator(mode="after")
     def _check_source_keys(self):
@@ -84,7 +110,23 @@ class DataConfig(_Strict):
         for key in ("num_classes", "samples"):
             if getattr(self, key) is not None and self.source != "synthetic":
                 raise ValueError(f"{key} is used only with source synthetic")
+        self._check_generated_size()
         return self
+
+    def _check_generated_size(self) -> None:
+        """Refuses digits or synthetic data that would not fit in memory (``MAX_GENERATED_VALUES``)."""
+        if self.source not in ("digits", "synthetic"):
+            return
+        samples = DIGITS_SAMPLES if self.source == "digits" else self.samples or 400
+        height, width = self.image_size or (8, 8)
+        channels = self.channels or 1
+        values = samples * height * width * channels
+        if values > MAX_GENERATED_VALUES:
+            raise ValueError(
+                f"{self.source} data of {samples} samples at image_size [{height}, {width}] with {channels} "
+                f"channel(s) is {values:,} float32 values ({values * 4 / 2**30:.0f} GiB), over the "
+                f"{MAX_GENERATED_VALUES:,} ({MAX_GENERATED_VALUES * 4 >> 30} GiB) edgecomp generates in memory; "
+                "choose a smaller image_size" + (" or fewer samples" if self.source == "synthetic" else ""))
 
 
 class ModelSpec(_Strict):
@@ -114,11 +156,12 @@ class ModelSpec(_Strict):
 class TrainConfig(_Strict):
     """Baseline training; ``epochs: 0`` keeps the given weights."""
 
-    epochs: int = Field(20, ge=0)
-    learning_rate: float = Field(0.001, gt=0.0, le=10.0)
+    epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+    learning_rate: float = Field(0.001, gt=0.0, le=MAX_LEARNING_RATE)
     early_stopping_patience: int = Field(
-        5, ge=0, description="epochs without val_loss improvement before stopping; 0 disables (epochs while "
-                             "validation accuracy is near chance count none)"
+        5, ge=0, le=MAX_EPOCHS,
+        description="epochs without val_loss improvement before stopping; 0 disables (epochs while validation "
+                    "accuracy is near chance count none)"
     )
     stop_if_not_learned: bool = Field(
         True, description="stop the run (exit 1) when the float model's test accuracy is near chance "
@@ -163,16 +206,17 @@ class FeatureMatch(_Strict):
 
     teacher: str = Field(..., min_length=1, description="teacher layer name")
     student: str = Field(..., min_length=1, description="student layer name (same spatial size; channels may differ)")
-    weight: float = Field(1.0, gt=0.0)
+    weight: float = Field(1.0, gt=0.0, le=1e6)
 
 
 class DistillConfig(_Strict):
     teacher: ModelSpec
-    teacher_epochs: int = Field(20, ge=0, description="for a zoo/builder teacher; a teacher from path is taken as trained")
-    temperature: float = Field(4.0, gt=0.0)
+    teacher_epochs: int = Field(20, ge=0, le=MAX_EPOCHS,
+                                description="for a zoo/builder teacher; a teacher from path is taken as trained")
+    temperature: float = Field(4.0, gt=0.0, le=MAX_TEMPERATURE)
     alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the hard-label loss")
-    epochs: int = Field(20, ge=0)
-    learning_rate: float = Field(0.001, gt=0.0)
+    epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+    learning_rate: float = Field(0.001, gt=0.0, le=MAX_LEARNING_RATE)
     student_init: Literal["scratch", "trained"] = Field(
         "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
     )
@@ -200,19 +244,21 @@ class DistillConfig(_Strict):
 class LowRankConfig(_Strict):
     energy: Optional[float] = Field(None, gt=0.0, le=1.0, description="keep this share of Σ² (default 0.95)")
     rank_ratio: Optional[float] = Field(None, gt=0.0, le=1.0, description="rank = ratio × full rank")
-    rank_multiple: int = Field(8, ge=1, description="round ranks up to a multiple of this (SIMD-friendly)")
+    rank_multiple: int = Field(8, ge=1, le=MAX_MULTIPLE,
+                               description="round ranks up to a multiple of this (SIMD-friendly)")
     mode: Literal["channel", "spatial"] = Field(
         "channel", description="channel: k×k C→r then 1×1 r→N; spatial (Conv2D): k×1 C→r then 1×k r→N"
     )
-    min_params: int = Field(4096, ge=0, description="layers with fewer kernel weights are left as they are")
+    min_params: int = Field(4096, ge=0, le=MAX_COUNT,
+                            description="layers with fewer kernel weights are left as they are")
     layers: tuple[str, ...] = Field((), description="regexes of layer names to consider (default: all)")
     exclude: tuple[str, ...] = Field((), description="regexes of layer names to leave as they are")
     sensitivity: bool = Field(False, description="choose ranks greedily by measured accuracy drop")
     target_params_ratio: Optional[float] = Field(
         None, gt=0.0, lt=1.0, description="sensitivity: factorized layers' weights after/before"
     )
-    finetune_epochs: int = Field(5, ge=0)
-    learning_rate: float = Field(0.0005, gt=0.0)
+    finetune_epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
+    learning_rate: float = Field(0.0005, gt=0.0, le=MAX_LEARNING_RATE)
 
     @model_validator(mode="after")
     def _one_rank_rule(self):
@@ -238,17 +284,20 @@ class PruneConfig(_Strict):
     structure: Literal["unstructured", "2:4", "filters"] = Field(
         "unstructured", description="unstructured | 2:4 (zeroed weights) | filters (whole channels removed)"
     )
-    epochs: int = Field(10, ge=0, description="fine-tuning epochs; unstructured/2:4 prune during them (≥ 1)")
-    learning_rate: float = Field(0.0005, gt=0.0)
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS,
+                        description="fine-tuning epochs; unstructured/2:4 prune during them (≥ 1)")
+    learning_rate: float = Field(0.0005, gt=0.0, le=MAX_LEARNING_RATE)
     ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
     recovery_epochs: int = Field(
-        10, ge=0, description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping, "
-                              "when validation accuracy ended over 0.5 points below the unpruned model's; 0 disables")
+        10, ge=0, le=MAX_EPOCHS,
+        description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping, "
+                    "when validation accuracy ended over 0.5 points below the unpruned model's; 0 disables")
     criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
     scope: Literal["layer", "global"] = Field(
         "layer", description="filters: remove sparsity of each layer's channels, or rank all channels together"
     )
-    round_to: int = Field(8, ge=1, description="filters: kept channels are a multiple of this (SIMD-friendly)")
+    round_to: int = Field(8, ge=1, le=MAX_MULTIPLE,
+                          description="filters: kept channels are a multiple of this (SIMD-friendly)")
 
     @model_validator(mode="after")
     def _epochs_for_structure(self):
@@ -262,8 +311,8 @@ class PruneConfig(_Strict):
 
 class ClusterConfig(_Strict):
     clusters: int = Field(16, ge=2, le=256)
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(0.0001, gt=0.0)
+    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
+    learning_rate: float = Field(0.0001, gt=0.0, le=MAX_LEARNING_RATE)
     fold_batchnorm: bool = Field(
         False, description="fold each BatchNormalization into the Conv/Dense before it first, so the clustered "
                            "kernels are the ones the file stores (else the converter's fold scales each channel)"
@@ -271,12 +320,12 @@ class ClusterConfig(_Strict):
 
 
 class QuantizeConfig(_Strict):
-    epochs: int = Field(3, ge=0)
-    learning_rate: float = Field(0.0001, gt=0.0)
+    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
+    learning_rate: float = Field(0.0001, gt=0.0, le=MAX_LEARNING_RATE)
     distill_from: Optional[Literal["float"]] = Field(
         None, description="float: the float model teaches its quantized copy during QAT"
     )
-    distill_temperature: float = Field(2.0, gt=0.0)
+    distill_temperature: float = Field(2.0, gt=0.0, le=MAX_TEMPERATURE)
     distill_alpha: float = Field(0.5, ge=0.0, le=1.0)
     weights: Literal["per_channel", "per_tensor"] = Field(
         "per_channel", description="Conv2D and DepthwiseConv2D weight quantization; per_tensor (after a cluster "
@@ -383,16 +432,17 @@ class EdgeTpuTargetConfig(_Strict):
     io: Literal["int8", "uint8"] = Field("int8", description="input/output type; the Edge TPU computes on 8 bits")
     compiler: str = Field("edgetpu_compiler", min_length=1,
                           description="Coral's compiler, run when on PATH (name or path); its absence is reported")
-    compiler_timeout_s: float = Field(180.0, gt=0.0, description="seconds edgetpu_compiler may run")
+    compiler_timeout_s: float = Field(180.0, gt=0.0, le=MAX_TIMEOUT_S,
+                                      description=f"seconds edgetpu_compiler may run, at most {MAX_TIMEOUT_S:.0f}")
 
 
 class MicroTargetConfig(_Strict):
     quantization: Literal["int8"] = "int8"
     io: Literal["int8"] = "int8"
     board: str = Field("cortex_m4_256k", description="named budget: " + ", ".join(BOARDS))
-    flash_kb: Optional[int] = Field(None, ge=1, description="overrides the board's flash budget")
-    ram_kb: Optional[int] = Field(None, ge=1, description="overrides the board's RAM budget")
-    test_samples: Optional[int] = Field(None, ge=1, description="test samples run in TFLM (default: all)")
+    flash_kb: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="overrides the board's flash budget")
+    ram_kb: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="overrides the board's RAM budget")
+    test_samples: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="test samples run in TFLM (default: all)")
     strip_strings: bool = Field(True, description="drop tensor names and signatures, which TFLM never reads, "
                                                   "from the file (about 100 bytes a tensor of flash)")
 
@@ -443,10 +493,11 @@ Target = Annotated[
 
 class BenchmarkConfig(_Strict):
     devices: tuple[str, ...] = ("local",)
-    runs: int = Field(100, ge=1)
-    warmup: int = Field(10, ge=0)
-    threads: tuple[Annotated[int, Field(ge=1)], ...] = (1,)
-    timeout_s: float = Field(600.0, gt=0.0, description="per device and model")
+    runs: int = Field(100, ge=1, le=MAX_RUNS)
+    warmup: int = Field(10, ge=0, le=MAX_RUNS)
+    threads: tuple[Annotated[int, Field(ge=1, le=MAX_THREADS)], ...] = (1,)
+    timeout_s: float = Field(600.0, gt=0.0, le=MAX_TIMEOUT_S,
+                             description=f"per device and model, at most {MAX_TIMEOUT_S:.0f} (one day)")
     ssh_options: tuple[str, ...] = Field((), description="extra ssh/scp options, e.g. ['-i', '~/.ssh/pi_key']")
     adb_binary: Optional[str] = Field(
         None, description="adb:// devices: path here to TFLite's benchmark_model built for the phone's ABI "
@@ -462,7 +513,7 @@ class BenchmarkConfig(_Strict):
     def _devices_known(self):
         for device in self.devices:
             if device.startswith("adb://"):
-                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", device[len("adb://"):]):
+                if not re.fullmatch(ADB_SERIAL_PATTERN, device[len("adb://"):]):
                     raise ValueError(f"device {device!r}: expected adb://SERIAL with the serial `adb devices` "
                                      "prints, e.g. adb://R58M123 or adb://192.168.1.5:5555")
                 if not self.adb_binary:
@@ -480,7 +531,7 @@ class Config(_Strict):
     """The whole run configuration (DESIGN.md §4)."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"0..{MAX_SEED} (2**31 - 1)")
     output_dir: str = "models"
     data: DataConfig = DataConfig()
     model: ModelSpec = ModelSpec(zoo="digits_cnn")
@@ -795,6 +846,9 @@ def format_validation_error(error: ValidationError) -> str:
         if kind not in ("value_error", "assertion_error") or not isinstance(value, (dict, list)):
             if dotted:
                 message += f" (got {_short(value)})"
+        if kind in ("finite_number", "int_parsing_size"):  # .inf, .nan, 1e300: say what the key takes
+            allowed = _allowed_range(loc)
+            message += f"; allowed: {allowed}" if allowed else ""
     if len(message) > 500:  # a validator's message can quote a long user value
         message = message[:497] + "..."
     if len(errors) > 1:
@@ -824,25 +878,56 @@ def _dotted(loc: tuple) -> str:
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
+    node = _unwrap(_declared(loc)[0])
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _declared(loc: tuple) -> tuple[Any, list]:
+    """What the schema declares at ``loc``: (annotation, constraint metadata); (None, []) where nothing is."""
     node: Any = Config
+    metadata: list = []
     for part in loc:
         node = _unwrap(node)
         if isinstance(part, int):
             args = typing.get_args(node)
             node = args[0] if args else None
+            metadata = []
             continue
         if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
-            node = node.model_fields[part].annotation
-            continue
-        members = _union_members(node)
-        match = [m for m in members if part in m.model_fields]
-        if not match:
-            return []
-        node = match[0].model_fields[part].annotation
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
+            owner = node
+        else:
+            match = [m for m in _union_members(node) if part in m.model_fields]
+            if not match:
+                return None, []
+            owner = match[0]
+        node = owner.model_fields[part].annotation
+        metadata = list(owner.model_fields[part].metadata)
+    inner = node
+    while typing.get_origin(inner) is Union and type(None) in typing.get_args(inner):
+        inner = next(a for a in typing.get_args(inner) if a is not type(None))   # Optional[X] -> X
+    for item in (typing.get_args(inner)[1:] if typing.get_origin(inner) is Annotated else ()):
+        metadata.extend(getattr(item, "metadata", [item]))   # Annotated[int, Field(ge=1)]: Field's bounds
+    return node, metadata
+
+
+def _allowed_range(loc: tuple) -> str:
+    """The bounds declared for the number at ``loc``, e.g. "a finite number > 0 and <= 86400"; "" if none."""
+    annotation, metadata = _declared(loc)
+    if typing.get_origin(_unwrap(annotation)) is Literal:
+        return "one of " + ", ".join(str(value) for value in typing.get_args(_unwrap(annotation)))
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    bounds = []
+    for item in metadata:
+        for name, symbol in symbols.items():
+            bound = getattr(item, name, None)
+            if bound is not None:
+                bounds.append(f"{symbol} {bound:g}" if isinstance(bound, float) else f"{symbol} {bound}")
+    if not bounds:
+        return ""
+    kind = "an integer" if _unwrap(annotation) is int else "a finite number"
+    return f"{kind} " + " and ".join(bounds)
 
 
 def _unwrap(node: Any) -> Any:
