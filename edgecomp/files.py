@@ -4,7 +4,9 @@ A run killed at any moment leaves either the old file or the complete new one,
 never a truncated file that looks valid. A write that fails because the folder is
 read-only or not writable, or the disk is full, raises ``OutputError`` naming the
 path, the cause and what to do; the temporary file is removed, so the previous
-file (or none) remains.
+file (or none) remains. A killed process cannot remove its temporary files
+(``.model.tflite.k3j2x9q1.tmp``); ``remove_stale_temporaries`` does, when the next
+run starts in that folder.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ WRITE_ERRORS = {
 }
 # Causes recognised in the text of another library's error (TensorFlow's event writer, h5py).
 _TEXT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# The names of the temporary files and folders write_bytes and write_dir make (tempfile's
+# mkstemp/mkdtemp with prefix ".<name>." and suffix ".tmp"): 8 random characters of
+# [a-z0-9_] between them. Nothing else is matched, so nothing else is ever removed.
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def write_error(path: str | Path, error: OSError) -> OutputError:
@@ -105,7 +111,7 @@ def write_dir(folder: str | Path, contents: Mapping[str, bytes]) -> Path:
     temp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         for name, content in contents.items():
             with open(temp / name, "wb") as stream:
                 stream.write(content)
@@ -129,3 +135,28 @@ def replace_dir(temp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(temp_dir, final_dir)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Removes what a killed run's atomic writes left under ``folder``; returns what was removed.
+
+    Only names ``write_bytes`` and ``write_dir`` make (``TEMPORARY_NAME``: hidden,
+    8 random characters, ``.tmp``) are touched: files, and folders (with their
+    contents) that ``write_dir`` was filling. Symbolic links are neither followed
+    nor removed. Call it before this process writes there: a write in progress in
+    the same folder would lose its temporary file.
+    """
+    removed = []
+    for parent, folders, names in os.walk(folder):
+        for name in names:
+            path = Path(parent) / name
+            if TEMPORARY_NAME.fullmatch(name) and not path.is_symlink() and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        for name in list(folders):
+            path = Path(parent) / name
+            if TEMPORARY_NAME.fullmatch(name) and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                folders.remove(name)  # gone: os.walk must not go into it
+                removed.append(path)
+    return sorted(removed)

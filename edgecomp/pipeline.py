@@ -207,10 +207,16 @@ def _prepare_run_dir(cfg: Config) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-", delete=True)
         probe.close()
+        removed = files.remove_stale_temporaries(run_dir)
     except OSError as error:
         raise EdgecompError(
             f"output_dir: cannot write to {run_dir} ({error.strerror or error}); choose a writable output_dir"
         ) from None
+    if removed:
+        names = ", ".join(str(path.relative_to(run_dir)) for path in removed[:5])
+        log.info("removed %d temporary file(s) or folder(s) an interrupted run left in %s (only edgecomp's "
+                 "own, named .<name>.<8 characters>.tmp): %s%s", len(removed), run_dir, names,
+                 ", ..." if len(removed) > 5 else "")
     return run_dir
 
 
@@ -489,60 +495,105 @@ def _write_report(report: Report, run_dir: Path) -> None:
 class Checkpoints:
     """One saved model per finished stage, reused by ``--resume`` when still valid.
 
-    A checkpoint is valid when its fingerprint (hash of seed, data, model, train and
-    the stages up to it) equals the current config's, so changing a later stage or a
-    target reuses the earlier work while changing anything upstream does not.
+    A checkpoint is valid when its fingerprint equals the current one: a hash of seed,
+    data, model, train and the stages up to it, and (after the baseline) of the content
+    of the checkpoint the stage started from, the SHA-256 of the previous stage's
+    ``model.h5``. A stage's checkpoint is reused only when the one before it was reused
+    too. So changing a later stage or a target reuses the earlier work, while changing
+    anything upstream, or an earlier checkpoint made again (it would not load, it was
+    deleted, another baseline was copied in), makes every later stage run again.
+    Checkpoints load through ``models.load``: one that holds stored code (a ``Lambda``
+    layer) is refused unless ``model.trust`` is set.
     """
 
     def __init__(self, folder: Path, cfg: Config, resume: bool):
         self.folder = folder
         self.config = config_module.to_dict(cfg)
         self.resume = resume
+        self.trust = cfg.model.trust
+        self._contents: dict[int, str] = {}   # index -> SHA-256 of the model.h5 this run loaded or saved
+        self._reused: set[int] = set()        # the checkpoints this run loaded
 
-    def fingerprint(self, index: int) -> str:
+    def fingerprint(self, index: int, started_from: str | None = None) -> str:
+        """The hash a valid checkpoint ``index`` records.
+
+        Args:
+            index: 0 for the baseline, i for the i-th stage.
+            started_from: SHA-256 of checkpoint ``index - 1``'s model file; default: the
+                one this run loaded or saved (None when it did neither: matches nothing).
+        """
         upstream = {key: self.config[key] for key in ("seed", "data", "model", "train")}
         upstream["stages"] = self.config["stages"][:index]
+        if index > 0:
+            upstream["started_from"] = started_from or self._contents.get(index - 1)
         return hashlib.sha256(json.dumps(upstream, sort_keys=True).encode()).hexdigest()
 
     def _dir(self, index: int, kind: str) -> Path:
         return self.folder / f"{index:02d}_{kind}"
 
     def usable(self, stages: int) -> int:
-        """Bit i set when checkpoint i (0: baseline) exists for this config: what resuming reuses."""
+        """What resuming reuses, as bits: bit i (0: baseline) when checkpoints 0 to i are all valid.
+
+        Checkpoint i is valid for this config on top of checkpoint i - 1 as it is on disk.
+        """
         bits = 0
         for index in range(stages + 1):
-            found = list(self.folder.glob(f"{index:02d}_*/record.json")) if self.folder.is_dir() else []
+            found = sorted(self.folder.glob(f"{index:02d}_*/record.json")) if self.folder.is_dir() else []
+            if not found or (index > 0 and not bits >> (index - 1) & 1):
+                break
             try:
-                same = bool(found) and json.loads(found[0].read_text()).get("fingerprint") == self.fingerprint(index)
-            except (OSError, ValueError):
+                started_from = self._content_on_disk(index - 1) if index else None
+                same = json.loads(found[0].read_text()).get("fingerprint") == self.fingerprint(index, started_from)
+            except (OSError, ValueError, AttributeError):
                 same = False
             bits |= int(same) << index
         return bits
+
+    def _content_on_disk(self, index: int) -> str | None:
+        """SHA-256 of checkpoint ``index``'s model file as it is on disk, or None when there is none."""
+        found = sorted(self.folder.glob(f"{index:02d}_*/{CHECKPOINT_FILE}"))
+        return hashlib.sha256(found[0].read_bytes()).hexdigest() if found else None
 
     def load(self, index: int, kind: str):
         """``(model, record)`` of a valid checkpoint when resuming, else ``(None, None)``."""
         folder = self._dir(index, kind)
         if not self.resume or not (folder / "record.json").exists():
             return None, None
-        saved = json.loads((folder / "record.json").read_text())
-        if saved.get("fingerprint") != self.fingerprint(index):
-            log.info("resume: %s checkpoint is from a different config; running it again", folder.name)
+        if index > 0 and index - 1 not in self._reused:
+            log.info("resume: %s follows a stage this run made again; running it again too", folder.name)
             return None, None
         try:
-            model = keras.models.load_model(folder / CHECKPOINT_FILE, compile=False)
-        except Exception as error:  # noqa: BLE001 - a checkpoint that will not load is re-made
+            saved = json.loads((folder / "record.json").read_text())
+            same = isinstance(saved, dict) and saved.get("fingerprint") == self.fingerprint(index)
+        except (OSError, ValueError) as error:
+            log.warning("resume: cannot read %s/record.json (%s); running the stage again", folder.name, error)
+            return None, None
+        if not same:
+            log.info("resume: %s checkpoint is from a different config or an earlier checkpoint made again; "
+                     "running it again", folder.name)
+            return None, None
+        try:
+            content = (folder / CHECKPOINT_FILE).read_bytes()
+            # Checked by content like any model file: stored code runs only with model.trust.
+            model = models.load(folder / CHECKPOINT_FILE, trust=self.trust, where=f"checkpoint {folder.name}")
+            record = StageRecord(**saved["record"])
+        except Exception as error:  # noqa: BLE001 - a checkpoint that will not load (or is refused) is re-made
             log.warning("resume: cannot load %s (%s); running the stage again", folder.name, error)
             return None, None
+        self._contents[index] = hashlib.sha256(content).hexdigest()
+        self._reused.add(index)
         log.info("resume: reusing checkpoint %s", folder.name)
-        return model, StageRecord(**saved["record"])
+        return model, record
 
     def save(self, index: int, kind: str, model, record: StageRecord) -> None:
         """Saves atomically: a temporary folder renamed into place when complete (on the chief only)."""
         if not distribute.is_chief():
             return
-        payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
         # The HDF5 file is built in memory: h5py crashes the process when its disk fills up.
+        content = models.to_h5_bytes(model)
+        payload = {"fingerprint": self.fingerprint(index), "record": record.__dict__}
         files.write_dir(self._dir(index, kind), {
-            CHECKPOINT_FILE: models.to_h5_bytes(model),
+            CHECKPOINT_FILE: content,
             "record.json": json.dumps(payload, indent=2, default=float).encode(),
         })
+        self._contents[index] = hashlib.sha256(content).hexdigest()
