@@ -30,6 +30,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgecomp.config import ADB_SERIAL_PATTERN
 from edgecomp.devices import benchmark_model
 from edgecomp.errors import DeviceError
 from edgecomp.progress import Ticker
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 REMOTE_ROOT = "/data/local/tmp"
 REMOTE_BINARY = "benchmark_model"
-SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-CPU_MASK = re.compile(r"^[0-9a-fA-F]{1,16}$")
+# Both are matched against the whole string (fullmatch): "$" would let a trailing newline through.
+SERIAL = re.compile(ADB_SERIAL_PATTERN)  # the config's pattern, so --device and benchmark.devices agree
+CPU_MASK = re.compile(r"[0-9a-fA-F]{1,16}")
 DELEGATE_FLAGS = {
     "xnnpack": ("--use_xnnpack=true",),
     "gpu": ("--use_gpu=true",),
@@ -71,12 +73,12 @@ class AdbDevice:
             DeviceError: a malformed serial, an unknown delegate or a bad CPU mask.
         """
         serial = spec[len("adb://"):] if spec.startswith("adb://") else ""
-        if not SERIAL.match(serial):
+        if not SERIAL.fullmatch(serial):
             raise DeviceError(f"device {spec!r}: expected adb://SERIAL with the serial `adb devices` prints "
                               "(letters, digits, '.', ':', '-', '_'), e.g. adb://R58M123 or adb://192.168.1.5:5555")
         if delegate not in DELEGATE_FLAGS:
             raise DeviceError(f"{spec}: unknown delegate {delegate!r}; allowed: {', '.join(DELEGATE_FLAGS)}")
-        if cpu_mask is not None and not CPU_MASK.match(cpu_mask):
+        if cpu_mask is not None and not CPU_MASK.fullmatch(cpu_mask):
             raise DeviceError(f"{spec}: CPU mask {cpu_mask!r} must be hexadecimal, e.g. f0 for CPUs 4-7")
         return cls(serial, binary, delegate, cpu_mask, spec)
 

@@ -52,7 +52,8 @@ class SshDevice:
         """Parses ``ssh://user@host[:port][?python=...]``.
 
         Raises:
-            DeviceError: the spec has no host, a bad port, or unknown query keys.
+            DeviceError: the spec has no host, a host or user starting with "-", a bad port,
+                or unknown query keys.
         """
         parsed = urllib.parse.urlsplit(spec)
         try:
@@ -61,6 +62,9 @@ class SshDevice:
             raise DeviceError(f"device {spec!r}: the port must be a number 1-65535") from None
         if parsed.scheme != "ssh" or not parsed.hostname:
             raise DeviceError(f"device {spec!r}: expected ssh://user@host[:port]")
+        if parsed.hostname.startswith("-") or (parsed.username or "").startswith("-"):
+            raise DeviceError(f"device {spec!r}: a user or host name cannot start with '-'; "
+                              "give the name or address of the device, e.g. ssh://pi@raspberrypi.local")
         query = urllib.parse.parse_qs(parsed.query)
         unknown = sorted(set(query) - {"python"})
         if unknown:
@@ -74,18 +78,21 @@ class SshDevice:
 
     def _ssh(self, *remote: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess:
         # The remote side runs a shell: every argument is quoted, nothing from the
-        # user (paths, names) is ever spliced into a command string unquoted.
+        # user (paths, names) is ever spliced into a command string unquoted. "--" ends
+        # ssh's options before the destination, so a host such as "-oProxyCommand=..."
+        # is a host name, never an option; the command after it is not parsed either.
         command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *self.options]
         if self.port:
             command += ["-p", str(self.port)]
-        command += [self.target, "--", " ".join(shlex.quote(part) for part in remote)]
+        command += ["--", self.target, " ".join(shlex.quote(part) for part in remote)]
         return self._run(command, timeout)
 
     def _scp(self, sources: list[Path], folder: str) -> None:
         command = ["scp", "-q", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *self.options]
         if self.port:
             command += ["-P", str(self.port)]
-        command += [str(s) for s in sources] + [f"{self.target}:{folder}/"]
+        # "--" as for ssh: the sources and the destination are never read as options.
+        command += ["--", *(str(s) for s in sources), f"{self.target}:{folder}/"]
         done = self._run(command, STEP_TIMEOUT_S * 5)
         if done.returncode != 0:
             raise DeviceError(f"{self.name}: copying to the device failed: {_last_line(done.stderr)}")
