@@ -286,7 +286,8 @@ class PruneConfig(_Strict):
     )
     epochs: int = Field(10, ge=0, le=MAX_EPOCHS,
                         description="fine-tuning epochs; unstructured/2:4 prune during them (≥ 1)")
-    learning_rate: float = Field(0.0005, gt=0.0, le=MAX_LEARNING_RATE)
+    learning_rate: float = Field(0.001, gt=0.0, le=MAX_LEARNING_RATE,
+                                 description="Adam's learning rate while pruning and recovering")
     ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
     recovery_epochs: int = Field(
         10, ge=0, le=MAX_EPOCHS,
