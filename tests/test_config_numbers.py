@@ -13,6 +13,7 @@ import re
 import pytest
 
 from conftest import run_cli
+from test_config_properties import numbers
 from edgecomp import config
 from edgecomp.errors import ConfigError
 
@@ -40,19 +41,6 @@ FULL = {
     "benchmark": {"runs": 5, "warmup": 1, "threads": [1, 2], "timeout_s": 60.0},
 }
 HOSTILE = [math.inf, -math.inf, math.nan, 1e300, 2**64, -(2**64), 10**30]
-
-
-def numbers(node, path=()):
-    """(path, value) of every int and float leaf, skipping ``args`` (free keyword arguments for a builder)."""
-    if isinstance(node, dict):
-        for key, child in node.items():
-            if key != "args":
-                yield from numbers(child, (*path, key))
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from numbers(child, (*path, index))
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        yield path, node
 
 
 def replaced(raw, path, value):
