@@ -10,7 +10,8 @@ from conftest import run_cli, tflite_accuracy
 from edgecomp import data, study
 from edgecomp.errors import ConfigError
 
-QUICK = ["--set", "base.train.epochs=2", "--set", "techniques.prune.epochs=1", "--set", "techniques.cluster.epochs=1",
+QUICK = ["--set", "base.train.epochs=2", "--set", "techniques.prune.epochs=1", "--set", "techniques.prune.recovery_epochs=0",
+         "--set", "techniques.cluster.epochs=1",
          "--set", "techniques.quantize.epochs=1", "--set", "techniques.distill.teacher_epochs=1",
          "--set", "techniques.distill.epochs=1", "--set", "techniques.low_rank.finetune_epochs=1",
          "--set", "techniques.filters.epochs=1", "--set", "base.benchmark.runs=10", "--set", "base.benchmark.warmup=1",
