@@ -115,10 +115,10 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             record.seconds = time.time() - started_stage
             if kind not in UNCHECKPOINTED_STAGES:
                 checkpoints.save(index, kind, model, record)
+            if kind == "quantize":   # never checkpointed: QAT always runs here, from ``before``
+                before_qat = before
         else:
             model = loaded
-        if kind == "quantize" and chief:
-            before_qat = before if loaded is None else None
         report.stages.append(record)
         if record.details.get("fallback"):
             continue   # e.g. QAT tfmot could not wrap: the model is the float one, quantized after training
@@ -135,11 +135,12 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         record = _variant(cfg, stage_kind(item), model, params, dataset, calibration, run_dir, expect)
         if stage_kind(item) == "micro" and plain_int8 and record.compatibility.get("details"):
             _compare_with_plain_int8(record, plain_int8)
-        if stage_kind(item) == "cpu" and _needs_guard(params, record, previous):
-            _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect)
-        elif stage_kind(item) == "cpu" and _needs_guard(params, record, []) and before_qat is not None:
-            _guard(cfg, record, params, before_qat, dataset, calibration, run_dir, report.stages[:-1], expect,
-                   qat=True)
+        if stage_kind(item) == "cpu" and params.quantization == "int8" and record.metrics:
+            if "quantize" not in previous:   # post-training int8 (also when QAT fell back to it)
+                _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect)
+            elif before_qat is not None:
+                _guard(cfg, record, params, before_qat, dataset, calibration, run_dir, report.stages[:-1], expect,
+                       qat=True)
         record.accuracy_steps = accuracy_steps(report.stages, report.reference, record)
         report.targets.append(record)
     report.seconds = time.time() - started
@@ -376,11 +377,6 @@ def failed_rules(record: TargetRecord) -> str:
     return "failed " + "; ".join(failed) if failed else "passed"
 
 
-def _needs_guard(params, record: TargetRecord, previous: list[str]) -> bool:
-    """Post-training int8 (no QAT stage) with measured accuracy: judged against the model it was given."""
-    return params.quantization == "int8" and "quantize" not in previous and bool(record.metrics)
-
-
 def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect, qat: bool = False) -> None:
     """Judges the int8 file against the float model it came from; repairs it when over budget.
 
@@ -418,8 +414,8 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
             log.warning("%s: fallback: float needs io: float32 (layers kept float cannot take %s input); "
                         "calibration rung only", record.target, params.io)
             fallback = "none"
-        log.info("%s: int8 loses %.2f points against the float model it came from (budget %.2f); repairing",
-                 record.target, test_drop, budget)
+        log.info("%s: int8 loses %.2f points against %s (budget %.2f); repairing",
+                 record.target, test_drop, guard["against"], budget)
         result = accuracy_guard.repair(model, calibration, dataset.x_train, validation, float_val, original,
                                        budget, fallback, plain_failed=test_drop > budget,
                                        first_rung="qat" if qat else "plain")
