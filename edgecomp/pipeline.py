@@ -420,7 +420,8 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
                                        budget, fallback, plain_failed=test_drop > budget,
                                        first_rung="qat" if qat else "plain")
         guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
-                     rung=result["rung"], calibration_samples=result["calibration_samples"])
+                     rung=result["rung"], calibration_samples=result["calibration_samples"],
+                     alternatives=result["alternatives"])
         if result["content"] != original:
             _replace_file(cfg, record, params, result["content"], dataset, run_dir, expect,
                           len(result["float_layers"]))
@@ -449,14 +450,22 @@ def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
         detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
     ok = guard["within_budget"]
     if not ok:
-        detail += ("; over budget after every repair rung: try a quantize (QAT) stage, fallback: float, "
-                   "int16x8 or more data.calibration_samples")
+        detail += "; over budget after every repair rung: " + _next_try(guard.get("alternatives", []))
         if params.allow_over_budget:
             detail += " (allowed: allow_over_budget)"
     details = record.compatibility.setdefault("details", {})
     details.setdefault("rules", []).append({"rule": "accuracy_budget", "ok": ok or params.allow_over_budget,
                                             "detail": detail})
     record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and (ok or params.allow_over_budget)
+
+
+def _next_try(alternatives: list[dict]) -> str:
+    """What to try after a failed ladder: the measured alternatives that met the budget first."""
+    fits = [row for row in alternatives if row.get("within_budget")]
+    advice = [f"quantization: {row['quantization']} would lose {row['drop_points']:.2f} points on validation at "
+              f"{row['latency_vs_int8']:.1f}x the int8 file's latency" for row in fits]
+    advice.append("a quantize (QAT) stage, fallback: float or more data.calibration_samples")
+    return "try " + "; or ".join(advice)
 
 
 def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:

@@ -62,3 +62,20 @@ def test_report_lists_guard_ranking_and_float_layers():
     assert "| `dense/MatMul` | FULLY_CONNECTED | 0.420 |" in text
     assert "repaired by keeping layers float" in text
     assert "| plain | 200 calibration samples | 0.8800 | +3.00 pt | 2.0 KB |" in text
+
+
+def test_report_offers_the_measured_alternatives_with_their_latency_and_converter_errors():
+    record = TargetRecord("cpu", "int8", "cpu/model.tflite", 10, 5, {"accuracy": 0.5}, {"ok": False, "details": {}},
+                          accuracy_guard={"drop_points": 40.0, "budget_points": 1.0, "within_budget": False,
+                                          "float_layers": [], "rung": None, "steps": [], "layers": [],
+                                          "alternatives": [
+                                              {"quantization": "int16x8", "validation_accuracy": 0.9,
+                                               "drop_points": 0.25, "size_bytes": 3072, "latency_vs_int8": 2.5,
+                                               "within_budget": True},
+                                              {"quantization": "dynamic", "error": "TFLite conversion failed: x"}]})
+    reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
+                             {"ok": True, "details": {}})
+    text = render(Report("x", "0", reference=reference, targets=[record]))
+    assert "| int16x8 | 0.9000 | +0.25 pt | 3.0 KB | 2.50× |" in text
+    assert "| dynamic | – | – | – | TFLite conversion failed: x |" in text
+    assert "OVER BUDGET" in text

@@ -16,6 +16,14 @@ the **validation** split (the test split only gives the final verdict):
    weak order on small models (1, 2, 4, 8 worst layers: no better than none).
    Never every layer: that is the float32 file, and the guard says it failed.
 
+When no rung meets the budget, the guard measures the **alternatives** a cpu
+target can run instead, ``int16x8`` (16-bit activations) and ``dynamic``
+(int8 weights, float activations): their validation drop, size and latency
+against the int8 file (median of ``LATENCY_RUNS`` invocations of one sample, in
+this process). They are offered, not adopted: the file's quantization is the
+config's; the verdict says which alternative would meet the budget and at what
+latency cost.
+
 The result names the rung that met the budget, or says none did.
 
 Example:
@@ -29,18 +37,22 @@ import csv
 import io
 import logging
 import math
+import time
 
 import numpy as np
 
 from edgecomp import runtime
 from edgecomp._keras import tf
 from edgecomp.data import representative_dataset
+from edgecomp.errors import ModelError
 from edgecomp.targets.convert import convert
 
 log = logging.getLogger("edgecomp")
 TOP_LAYERS = 10
 MAX_CALIBRATION = 2000   # samples of the training split the calibration rung uses at most
 CANDIDATES = 8           # worst layers by RMSE/scale whose fallback is measured one by one
+ALTERNATIVES = ("int16x8", "dynamic")   # other cpu quantizations measured when no rung meets the budget
+LATENCY_RUNS = 30        # timed invocations per file when comparing an alternative's latency with int8's
 
 
 def _converter(model, calibration: np.ndarray):
@@ -167,5 +179,50 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
                 done, result["rung"] = True, "float_fallback"
                 break
     result.update(content=chosen["content"], float_layers=chosen["float_layers"],
-                  calibration_samples=int(len(chosen["calibration"])))
+                  calibration_samples=int(len(chosen["calibration"])),
+                  alternatives=[] if done else alternatives(model, chosen["calibration"], validation, float_accuracy,
+                                                            chosen["content"], budget_points))
     return result
+
+
+def latency_ms(content: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) -> float:
+    """Median milliseconds of one invocation of ``content`` on ``sample`` (one thread, default delegates)."""
+    interpreter = runtime.make_interpreter(content)
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], runtime.quantize_input(sample[:1], detail))
+    interpreter.invoke()   # warm-up: the first invocation prepares the delegate
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def alternatives(model, calibration: np.ndarray, validation: tuple, float_accuracy: float, int8_content: bytes,
+                 budget_points: float) -> list[dict]:
+    """Measures the cpu quantizations other than int8 that could meet the budget (offered, never adopted).
+
+    Returns:
+        Per quantization of ``ALTERNATIVES``: ``{"quantization", "validation_accuracy", "drop_points",
+        "size_bytes", "latency_vs_int8", "within_budget"}``, or ``{"quantization", "error"}`` when the
+        converter refuses the model.
+    """
+    rows = []
+    sample = validation[0][:1]
+    int8_latency = latency_ms(int8_content, sample)
+    for quantization in ALTERNATIVES:
+        try:
+            content = convert(model, quantization, "float32", calibration)
+        except ModelError as error:
+            log.info("accuracy guard: alternative %s: %s", quantization, error)
+            rows.append({"quantization": quantization, "error": str(error)})
+            continue
+        accuracy = _validation_accuracy(content, validation)
+        drop = (float_accuracy - accuracy) * 100
+        ratio = latency_ms(content, sample) / int8_latency if int8_latency > 0 else float("nan")
+        rows.append({"quantization": quantization, "validation_accuracy": accuracy, "drop_points": drop,
+                     "size_bytes": len(content), "latency_vs_int8": ratio, "within_budget": drop <= budget_points})
+        log.info("accuracy guard: alternative %s: validation drop %.2f points, %s bytes, %.2fx the int8 file's "
+                 "latency", quantization, drop, f"{len(content):,}", ratio)
+    return rows
