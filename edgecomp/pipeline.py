@@ -420,12 +420,15 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
                                        budget, fallback, plain_failed=test_drop > budget,
                                        first_rung="qat" if qat else "plain")
         guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
-                     rung=result["rung"], calibration_samples=result["calibration_samples"],
-                     alternatives=result["alternatives"])
+                     rung=result["rung"], calibration_samples=result["calibration_samples"])
         if result["content"] != original:
             _replace_file(cfg, record, params, result["content"], dataset, run_dir, expect,
                           len(result["float_layers"]))
         guard["drop_points"] = (float_test - record.metrics["accuracy"]) * 100
+        if guard["drop_points"] > budget:
+            guard["alternatives"] = accuracy_guard.alternatives(
+                model, result["calibration"], validation, (dataset.x_test, dataset.y_test),
+                {"validation": float_val, "test": float_test}, result["content"], budget)
     guard["within_budget"] = guard["drop_points"] <= budget
     _budget_rule(record, guard, params)
 
@@ -462,8 +465,8 @@ def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
 def _next_try(alternatives: list[dict]) -> str:
     """What to try after a failed ladder: the measured alternatives that met the budget first."""
     fits = [row for row in alternatives if row.get("within_budget")]
-    advice = [f"quantization: {row['quantization']} would lose {row['drop_points']:.2f} points on validation at "
-              f"{row['latency_vs_int8']:.1f}x the int8 file's latency" for row in fits]
+    advice = [f"quantization: {row['quantization']} (measured: loses {row['test_drop_points']:.2f} points, "
+              f"{row['latency_vs_int8']:.1f}x the int8 file's latency)" for row in fits]
     advice.append("a quantize (QAT) stage, fallback: float or more data.calibration_samples")
     return "try " + "; or ".join(advice)
 

@@ -265,13 +265,15 @@ def _guard_lines(report: Report) -> list[str]:
                              f"{step['drop_points']:+.2f} pt | {_kb(step['size_bytes'])} |")
         if guard.get("alternatives"):
             lines += ["", "  Alternatives measured (offered, not adopted: set the target's `quantization`):", "",
-                      "  | quantization | accuracy | drop | size | latency vs int8 |", "  |---|---|---|---|---|"]
+                      "  | quantization | validation accuracy | drop | test accuracy | drop | size | latency vs int8 |",
+                      "  |---|---|---|---|---|---|---|"]
             for row in guard["alternatives"]:
                 if "error" in row:
-                    lines.append(f"  | {row['quantization']} | – | – | – | {row['error']} |")
+                    lines.append(f"  | {row['quantization']} | – | – | – | – | – | {row['error']} |")
                     continue
                 lines.append(f"  | {row['quantization']} | {row['validation_accuracy']:.4f} | "
-                             f"{row['drop_points']:+.2f} pt | {_kb(row['size_bytes'])} | "
+                             f"{row['drop_points']:+.2f} pt | {row['test_accuracy']:.4f} | "
+                             f"{row['test_drop_points']:+.2f} pt | {_kb(row['size_bytes'])} | "
                              f"{row['latency_vs_int8']:.2f}× |")
         if guard.get("layers"):
             lines += ["", "  | layer output | op | RMSE / scale |", "  |---|---|---|"]

@@ -38,7 +38,10 @@ def test_repair_climbs_every_rung_but_never_keeps_every_layer_float(tiny_model, 
     ranking = accuracy_guard.layer_errors(tiny_model, tiny_dataset.x_train[:30])
     assert len(result["float_layers"]) < len(ranking)
     assert len(rungs) - 2 == min(accuracy_guard.CANDIDATES, len(ranking) - 1)
-    best = min(result["steps"], key=lambda step: (step["drop_points"], step["size_bytes"]))
+    def floats(step):   # "3 layer(s) float: ..." on the fallback rung
+        return int(step["detail"].split()[0]) if step["rung"] == "float_fallback" else 0
+
+    best = min(result["steps"], key=lambda step: (step["drop_points"], floats(step), step["size_bytes"]))
     measured = runtime.evaluate(result["content"], *validation)["accuracy"]
     assert measured == best["validation_accuracy"]
     if result["float_layers"]:
@@ -70,12 +73,12 @@ def test_report_offers_the_measured_alternatives_with_their_latency_and_converte
                                           "float_layers": [], "rung": None, "steps": [], "layers": [],
                                           "alternatives": [
                                               {"quantization": "int16x8", "validation_accuracy": 0.9,
-                                               "drop_points": 0.25, "size_bytes": 3072, "latency_vs_int8": 2.5,
-                                               "within_budget": True},
+                                               "drop_points": 0.25, "test_accuracy": 0.89, "test_drop_points": 0.5,
+                                               "size_bytes": 3072, "latency_vs_int8": 2.5, "within_budget": True},
                                               {"quantization": "dynamic", "error": "TFLite conversion failed: x"}]})
     reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
                              {"ok": True, "details": {}})
     text = render(Report("x", "0", reference=reference, targets=[record]))
-    assert "| int16x8 | 0.9000 | +0.25 pt | 3.0 KB | 2.50× |" in text
-    assert "| dynamic | – | – | – | TFLite conversion failed: x |" in text
+    assert "| int16x8 | 0.9000 | +0.25 pt | 0.8900 | +0.50 pt | 3.0 KB | 2.50× |" in text
+    assert "| dynamic | – | – | – | – | – | TFLite conversion failed: x |" in text
     assert "OVER BUDGET" in text

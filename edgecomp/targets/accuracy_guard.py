@@ -16,13 +16,13 @@ the **validation** split (the test split only gives the final verdict):
    weak order on small models (1, 2, 4, 8 worst layers: no better than none).
    Never every layer: that is the float32 file, and the guard says it failed.
 
-When no rung meets the budget, the guard measures the **alternatives** a cpu
-target can run instead, ``int16x8`` (16-bit activations) and ``dynamic``
-(int8 weights, float activations): their validation drop, size and latency
-against the int8 file (median of ``LATENCY_RUNS`` invocations of one sample, in
-this process). They are offered, not adopted: the file's quantization is the
-config's; the verdict says which alternative would meet the budget and at what
-latency cost.
+When the repaired file is still over budget on the test split, ``alternatives``
+measures what a cpu target can run instead, ``int16x8`` (16-bit activations)
+and ``dynamic`` (int8 weights, float activations): their drop on both splits,
+size and latency against the int8 file (median of ``LATENCY_RUNS`` invocations
+of one sample, in this process). They are offered, not adopted: the file's
+quantization is the config's; the verdict says which alternative would meet the
+budget and at what latency cost.
 
 The result names the rung that met the budget, or says none did.
 
@@ -141,8 +141,10 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
     result = {"steps": steps, "layers": [], "float_layers": [], "rung": None}
 
     def consider(step, candidate, samples, float_layers):
+        # Least drop wins; on a tie, fewer float layers (float ops cost latency), then the smaller file.
         best = chosen["step"]
-        if (step["drop_points"], step["size_bytes"]) < (best["drop_points"], best["size_bytes"]):
+        if (step["drop_points"], len(float_layers), step["size_bytes"]) < \
+                (best["drop_points"], len(chosen["float_layers"]), best["size_bytes"]):
             chosen.update(content=candidate, step=step, calibration=samples, float_layers=float_layers)
         return step["drop_points"] <= budget_points and chosen["step"] is step
 
@@ -179,9 +181,7 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
                 done, result["rung"] = True, "float_fallback"
                 break
     result.update(content=chosen["content"], float_layers=chosen["float_layers"],
-                  calibration_samples=int(len(chosen["calibration"])),
-                  alternatives=[] if done else alternatives(model, chosen["calibration"], validation, float_accuracy,
-                                                            chosen["content"], budget_points))
+                  calibration=chosen["calibration"], calibration_samples=int(len(chosen["calibration"])))
     return result
 
 
@@ -199,14 +199,22 @@ def latency_ms(content: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) -> 
     return float(np.median(times))
 
 
-def alternatives(model, calibration: np.ndarray, validation: tuple, float_accuracy: float, int8_content: bytes,
-                 budget_points: float) -> list[dict]:
-    """Measures the cpu quantizations other than int8 that could meet the budget (offered, never adopted).
+def alternatives(model, calibration: np.ndarray, validation: tuple, test: tuple, float_accuracy: dict,
+                 int8_content: bytes, budget_points: float) -> list[dict]:
+    """Measures the cpu quantizations other than int8 (offered, never adopted).
+
+    Args:
+        model: the float model the int8 file came from.
+        calibration: the samples the int8 file was calibrated on.
+        validation, test: ``(x, y)`` splits; each alternative is measured on both.
+        float_accuracy: ``{"validation": ..., "test": ...}``, ``model``'s accuracy on each split.
+        int8_content: the int8 file; the alternatives' latency is given against it.
+        budget_points: the target's budget; ``within_budget`` is judged on the test split, as the verdict is.
 
     Returns:
         Per quantization of ``ALTERNATIVES``: ``{"quantization", "validation_accuracy", "drop_points",
-        "size_bytes", "latency_vs_int8", "within_budget"}``, or ``{"quantization", "error"}`` when the
-        converter refuses the model.
+        "test_accuracy", "test_drop_points", "size_bytes", "latency_vs_int8", "within_budget"}``, or
+        ``{"quantization", "error"}`` when the converter refuses the model.
     """
     rows = []
     sample = validation[0][:1]
@@ -219,10 +227,13 @@ def alternatives(model, calibration: np.ndarray, validation: tuple, float_accura
             rows.append({"quantization": quantization, "error": str(error)})
             continue
         accuracy = _validation_accuracy(content, validation)
-        drop = (float_accuracy - accuracy) * 100
+        test_accuracy = runtime.evaluate(content, *test, where="test")["accuracy"]
+        test_drop = (float_accuracy["test"] - test_accuracy) * 100
         ratio = latency_ms(content, sample) / int8_latency if int8_latency > 0 else float("nan")
-        rows.append({"quantization": quantization, "validation_accuracy": accuracy, "drop_points": drop,
-                     "size_bytes": len(content), "latency_vs_int8": ratio, "within_budget": drop <= budget_points})
-        log.info("accuracy guard: alternative %s: validation drop %.2f points, %s bytes, %.2fx the int8 file's "
-                 "latency", quantization, drop, f"{len(content):,}", ratio)
+        rows.append({"quantization": quantization, "validation_accuracy": accuracy,
+                     "drop_points": (float_accuracy["validation"] - accuracy) * 100, "test_accuracy": test_accuracy,
+                     "test_drop_points": test_drop, "size_bytes": len(content), "latency_vs_int8": ratio,
+                     "within_budget": test_drop <= budget_points})
+        log.info("accuracy guard: alternative %s: test drop %.2f points, %s bytes, %.2fx the int8 file's latency",
+                 quantization, test_drop, f"{len(content):,}", ratio)
     return rows
