@@ -2,6 +2,7 @@
 touching the original; QAT on keras.applications' MobileNetV3 and a hand-made squeeze-excite net;
 a graph tfmot still cannot wrap falls back to post-training quantization with the reason."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from edgecomp import config, data, runtime
 from edgecomp._keras import keras, tf
+from edgecomp import stages
 from edgecomp.stages import StageContext, prepare, quantize
 from edgecomp.targets import convert, cpu
 
@@ -145,3 +147,65 @@ def test_qat_ranges_start_at_the_float_models_ranges_even_for_tiny_activations(d
     error = np.abs(got - expected).max() / np.abs(expected).max()
     assert error < 0.1, error
     assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= 0.9
+
+
+def conv1d_separable_net(num_classes=10):
+    """A dilated Conv1D, a strided SeparableConv1D with depth multiplier 2: layers tfmot's registry lacks."""
+    inputs = keras.Input((40, 1))
+    x = keras.layers.Conv1D(16, 5, padding="same", dilation_rate=2, activation="relu", name="dilated")(inputs)
+    x = keras.layers.SeparableConv1D(16, 3, strides=2, depth_multiplier=2, activation="relu", name="sep1d")(x)
+    x = keras.layers.Reshape((19, 4, 4))(x)
+    x = keras.layers.SeparableConv2D(8, 3, padding="same", name="sep2d")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x))
+
+
+def test_conv1d_and_separable_convs_are_rewritten_exactly_and_get_full_qat():
+    keras.utils.set_random_seed(0)
+    model = conv1d_separable_net()
+    kinds = [type(layer).__name__ for layer in model.layers]
+    weights = [w.copy() for w in model.get_weights()]
+    samples = np.random.default_rng(0).normal(size=(16, 40, 1)).astype(np.float32)
+    prepared, report = prepare.prepare_for_qat(model, samples)
+    assert [type(layer).__name__ for layer in model.layers] == kinds, "the original keeps its layers"
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert {item["layer"]: item["from"] for item in report["rewritten"]} == {
+        "dilated": "Conv1D", "sep1d": "SeparableConv1D", "sep2d": "SeparableConv2D"}
+    assert not report["left"] and report["max_difference"] <= prepare.TOLERANCE
+    np.testing.assert_allclose(prepared(samples), model(samples), rtol=1e-5, atol=1e-5)
+    quantized, _, _, skipped = quantize.wrap_model(prepared)
+    table = quantize.coverage(quantized, skipped)
+    assert not {"Conv1D", "SeparableConv1D", "SeparableConv2D"} & set(table), table
+    assert table["Conv2D"] == {"qat": 3, "output_only": 0, "not_wrapped": 0}
+    assert table["DepthwiseConv2D"]["qat"] == 2
+    assert prepared.get_layer("dilated").dilation_rate == (2, 1)   # the rewritten Conv2D keeps the user's name
+
+
+def test_sequential_conv1d_model_is_prepared_as_its_chain_and_causal_padding_is_left_with_a_reason():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24, 2)), keras.layers.Conv1D(8, 3, padding="causal", name="causal"),
+                              keras.layers.Conv1D(8, 3, name="plain"), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    samples = np.random.default_rng(1).normal(size=(8, 24, 2)).astype(np.float32)
+    prepared, report = prepare.prepare_for_qat(model, samples)
+    assert [item["layer"] for item in report["rewritten"]] == ["plain"]
+    assert report["left"] == [{"layer": "causal", "reason": "Conv1D with padding 'causal' has no Conv2D equivalent"}]
+    np.testing.assert_allclose(prepared(samples), model(samples), rtol=1e-5, atol=1e-5)
+
+
+def test_prune_then_qat_keeps_zeros_of_a_rewritten_conv1d_in_the_file(tmp_path):
+    full = data.load(config.DataConfig(source="mnist1d"), seed=0)
+    dataset = dataclasses.replace(full, x_train=full.x_train[:640], y_train=full.y_train[:640])
+    keras.utils.set_random_seed(0)
+    model = conv1d_separable_net(dataset.num_classes)
+    cfg = config.from_dict({"data": {"source": "mnist1d"}})
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1, recovery_epochs=0),
+                             StageContext(cfg, dataset, tmp_path))
+    quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1),
+                                     StageContext(cfg, dataset, tmp_path, ("prune",)))
+    assert "dilated" in [item["layer"] for item in record.details["prepared"]["rewritten"]]
+    content = convert.convert(quantized, "int8", calibration=dataset.x_train[:50])
+    tensors = cpu.weight_statistics(content)["tensors"]
+    dilated = [t for t in tensors if t["op"] == "CONV_2D" and t["shape"][1:3] == [5, 1]]
+    assert len(dilated) == 1, tensors   # the (5, 1) kernel: tfmot's own prune-preserving quantizer kept its zeros
+    assert dilated[0]["sparsity"] >= 0.79, dilated

@@ -1,8 +1,9 @@
 """Sparsity and clusters survive QAT in layers tfmot's preserving schemes do not cover.
 
 tfmot's concat transform gives every layer feeding a ``Concatenate`` its plain
-quantize config, and its separable-conv transform splits ``SeparableConv2D`` into
-new layers; neither keeps zeros or clusters during QAT by itself.
+quantize config, which keeps neither zeros nor clusters during QAT by itself; a
+``SeparableConv2D`` is rewritten by the preparer into layers tfmot's preserving
+quantizers cover.
 """
 
 import tempfile
@@ -42,9 +43,15 @@ def test_prune_then_qat_keeps_zeros_of_layers_feeding_a_concat_and_of_separable_
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=2, learning_rate=0.01),
                                      stages.StageContext(cfg, dataset, log_dir, ("prune",)))
     kept = " ".join(record.details.get("zeros_kept_by_edgecomp", []))
-    for name in ("branch_a", "branch_b", "separable/pointwise"):   # two feed a Concatenate; one is split
+    for name in ("branch_a", "branch_b"):   # both feed a Concatenate
         assert name in kept, kept
-    assert "stem" not in kept and "head" not in kept, kept   # tfmot's prune-preserving quantizer keeps those
+    # tfmot's prune-preserving quantizer keeps those; the separable conv is rewritten into a DepthwiseConv2D
+    # and a 1x1 Conv2D (named as the original) that it covers too.
+    assert "stem" not in kept and "head" not in kept, kept
+    assert [item["layer"] for item in record.details["prepared"]["rewritten"]] == ["separable"]
+    pointwise = next(layer for layer in quantized.layers if getattr(layer, "layer", layer).name == "separable")
+    kernel = next(w for w in pointwise.weights if w.name.split("/")[-1].startswith("kernel")).numpy()
+    assert kernel.shape[:2] == (1, 1) and np.mean(kernel == 0) >= 0.79
     content = convert(quantized, "int8", calibration=dataset.x_train[:50])
     # The separable conv's depthwise kernel is not pruned by tfmot: the whole model is below 0.8.
     verdict = cpu.verify(content, "int8", "float32", {"sparsity": pruning.details["model_sparsity"]})

@@ -20,6 +20,25 @@ any other ``tf.f(x, **constants)``    ``TensorFunction`` (calls the same
                                      ``tf.f``; only its output range is learned)
 ==================================== ==========================================
 
+Layers tfmot's registry has no QAT config for, but which have an exact
+equivalent it has, are rewritten too, so that their weights are fake-quantized
+while training (and zeros and clusters are kept by tfmot's preserving quantizers):
+
+==================================== ==========================================
+layer                                replacement
+==================================== ==========================================
+``Conv1D`` (same/valid padding,      ``Reshape`` to (length, 1, channels),
+channels last, static length)        ``Conv2D`` with a (k, 1) kernel, ``Reshape``
+                                     back (what the converter emits for Conv1D)
+``SeparableConv2D``                  ``DepthwiseConv2D`` (no bias) + 1×1
+                                     ``Conv2D`` (the pointwise half, bias,
+                                     activation)
+``SeparableConv1D``                  both: reshapes around the separable pair
+==================================== ==========================================
+
+The Conv2D keeps the original layer's name (reports and masks name the user's
+layer). A Sequential model is read as the functional chain it is.
+
 ``TensorFunction`` exists only inside the quantize stage (it is not registered,
 so no model file can name it); it has the power of the TFOpLambda it replaces.
 
@@ -200,8 +219,155 @@ def _describe(entry: dict) -> str:
     return entry["class_name"] + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
 
 
+CONV_KEYS = ("filters", "padding", "data_format", "groups", "activation", "use_bias", "kernel_initializer",
+             "bias_initializer", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
+             "kernel_constraint", "bias_constraint")
+
+
+def _base(config: dict, name: str) -> dict:
+    return {"name": name, "trainable": config.get("trainable", True), "dtype": config.get("dtype", "float32")}
+
+
+def _conv1d_rewrite(entry: dict, layer) -> tuple[list[dict], str, object] | str:
+    """``(entries, name of the tensor the rest of the graph now reads, weight mapper)`` or why not."""
+    config, name = entry["config"], entry["config"]["name"]
+    if config.get("padding") not in ("same", "valid"):
+        return f"Conv1D with padding {config.get('padding')!r} has no Conv2D equivalent"
+    if config.get("data_format", "channels_last") != "channels_last":
+        return "Conv1D with channels_first"
+    try:
+        (length, channels), (out_length, filters) = layer.input_shape[1:], layer.output_shape[1:]
+    except (AttributeError, ValueError):
+        return "Conv1D called more than once or on a non-3-D input"
+    if None in (length, channels, out_length, filters):
+        return "Conv1D on a sequence of unknown length (the reshape needs it)"
+    to_2d, to_1d = f"{name}_as_2d", f"{name}_as_1d"
+    conv = {key: config[key] for key in CONV_KEYS if key in config}
+    conv.update(_base(config, name), kernel_size=[int(config["kernel_size"][0]), 1],
+                strides=[int(config["strides"][0]), 1], dilation_rate=[int(config["dilation_rate"][0]), 1])
+    entries = [
+        {"class_name": "Reshape", "name": to_2d, "config": {**_base(config, to_2d), "target_shape": [length, 1, channels]},
+         "inbound_nodes": entry["inbound_nodes"]},
+        {"class_name": "Conv2D", "name": name, "config": conv, "inbound_nodes": [[[to_2d, 0, 0, {}]]]},
+        {"class_name": "Reshape", "name": to_1d, "config": {**_base(config, to_1d),
+                                                             "target_shape": [out_length, filters]},
+         "inbound_nodes": [[[name, 0, 0, {}]]]},
+    ]
+
+    def weights(target_name: str, original: list) -> list:
+        kernel, *rest = original
+        return [kernel.reshape(kernel.shape[0], 1, *kernel.shape[1:]), *rest]
+
+    return entries, to_1d, {name: weights}
+
+
+def _separable_rewrite(entry: dict, layer) -> tuple[list[dict], str, object] | str:
+    config, name = entry["config"], entry["config"]["name"]
+    depthwise = f"{name}_depthwise"
+    entries = [
+        {"class_name": "DepthwiseConv2D", "name": depthwise,
+         "config": {**_base(config, depthwise), "kernel_size": config["kernel_size"], "strides": config["strides"],
+                    "padding": config["padding"], "data_format": config.get("data_format"),
+                    "dilation_rate": config["dilation_rate"], "depth_multiplier": config.get("depth_multiplier", 1),
+                    "activation": "linear", "use_bias": False,
+                    "depthwise_initializer": config.get("depthwise_initializer"),
+                    "depthwise_regularizer": config.get("depthwise_regularizer"),
+                    "depthwise_constraint": config.get("depthwise_constraint")},
+         "inbound_nodes": entry["inbound_nodes"]},
+        {"class_name": "Conv2D", "name": name,
+         "config": {**_base(config, name), "filters": config["filters"], "kernel_size": [1, 1], "strides": [1, 1],
+                    "padding": "valid", "data_format": config.get("data_format"), "dilation_rate": [1, 1],
+                    "activation": config.get("activation"), "use_bias": config.get("use_bias", True),
+                    "kernel_initializer": config.get("pointwise_initializer"),
+                    "bias_initializer": config.get("bias_initializer"),
+                    "kernel_regularizer": config.get("pointwise_regularizer"),
+                    "bias_regularizer": config.get("bias_regularizer"),
+                    "activity_regularizer": config.get("activity_regularizer"),
+                    "kernel_constraint": config.get("pointwise_constraint"),
+                    "bias_constraint": config.get("bias_constraint")},
+         "inbound_nodes": [[[depthwise, 0, 0, {}]]]},
+    ]
+
+    def weights(target_name: str, original: list) -> list:
+        return original[:1] if target_name == depthwise else original[1:]
+
+    return entries, name, {depthwise: weights, name: weights}
+
+
+def _separable1d_rewrite(entry: dict, layer) -> tuple[list[dict], str, object] | str:
+    """SeparableConv1D: the 2-D separable rewrite between the Conv1D rewrite's two reshapes."""
+    config, name = entry["config"], entry["config"]["name"]
+    flat = _conv1d_rewrite({**entry, "config": {**config, "filters": config["filters"]}}, layer)
+    if isinstance(flat, str):
+        return flat.replace("Conv1D", "SeparableConv1D")
+    (to_2d, _, to_1d), output_name, _ = flat
+    as_2d = {**config, "kernel_size": [int(config["kernel_size"][0]), 1], "strides": [int(config["strides"][0]), 1],
+             "dilation_rate": [int(config["dilation_rate"][0]), 1]}
+    separable, _, mappers = _separable_rewrite({"config": as_2d, "inbound_nodes": [[[to_2d["name"], 0, 0, {}]]]}, layer)
+    depthwise = separable[0]["name"]
+
+    def weights(target_name: str, original: list) -> list:
+        kernel = original[0] if target_name == depthwise else original[1]
+        kernel = kernel.reshape(kernel.shape[0], 1, *kernel.shape[1:])
+        return [kernel] if target_name == depthwise else [kernel, *original[2:]]
+
+    return [to_2d, *separable, to_1d], output_name, {target: weights for target in mappers}
+
+
+LAYER_REWRITES = {"Conv1D": _conv1d_rewrite, "SeparableConv2D": _separable_rewrite,
+                  "SeparableConv1D": _separable1d_rewrite}
+
+
+def _describe_layers(entries: list[dict]) -> str:
+    parts = []
+    for entry in entries:
+        config = entry["config"]
+        if entry["class_name"] == "Reshape":
+            parts.append(f"Reshape{tuple(config['target_shape'])}")
+        elif entry["class_name"] == "Conv2D":
+            parts.append(f"Conv2D({tuple(config['kernel_size'])})")
+        else:
+            parts.append(entry["class_name"])
+    return " + ".join(parts)
+
+
+def _renamed_references(value, old: str, new: str):
+    """``value`` with every tensor reference ``[old, node, tensor, ...]`` pointing at ``new``."""
+    if isinstance(value, list):
+        if len(value) >= 3 and value[0] == old and isinstance(value[1], int) and isinstance(value[2], int):
+            return [new, *value[1:]]
+        return [_renamed_references(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {key: _renamed_references(item, old, new) for key, item in value.items()}
+    return value
+
+
+def _functional_config(model) -> dict | str:
+    """The model's functional config (a Sequential one read as its chain), or why there is none."""
+    try:
+        config = copy.deepcopy(model.get_config())
+    except NotImplementedError as error:
+        return f"model config unavailable ({error})"
+    if "layers" in config and "input_layers" in config:
+        return config
+    if not isinstance(model, keras.Sequential) or not model.built:
+        return "not a functional or built Sequential model"
+    layers = list(config["layers"])
+    if not layers or layers[0]["class_name"] != "InputLayer":
+        layers.insert(0, {"class_name": "InputLayer", "config": {
+            "batch_input_shape": list(model.input_shape), "dtype": model.input.dtype.name,
+            "sparse": False, "ragged": False, "name": f"{model.name}_input"}})
+    previous = None
+    for layer in layers:
+        layer["name"] = layer["config"]["name"]
+        layer["inbound_nodes"] = [] if previous is None else [[[previous, 0, 0, {}]]]
+        previous = layer["name"]
+    return {"name": config["name"], "layers": layers, "input_layers": [[layers[0]["name"], 0, 0]],
+            "output_layers": [[previous, 0, 0]]}
+
+
 def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
-    """A copy of ``model`` with its TFOpLambda layers rewritten into layers tfmot can wrap.
+    """A copy of ``model`` with its TFOpLambda, Conv1D and separable conv layers rewritten into layers tfmot can wrap.
 
     Args:
         model: a functional tf_keras model (not modified).
@@ -213,37 +379,56 @@ def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
         "max_difference": float}``.
     """
     report = {"rewritten": [], "left": [], "max_difference": 0.0}
-    lambdas = [layer for layer in model.layers if type(layer).__name__ == "TFOpLambda"]
-    if not lambdas:
+    candidates = [layer for layer in model.layers
+                  if type(layer).__name__ == "TFOpLambda" or type(layer).__name__ in LAYER_REWRITES]
+    if not candidates:
         return model, report
-    try:
-        config = copy.deepcopy(model.get_config())
-    except NotImplementedError as error:
-        report["left"] = [{"layer": layer.name, "reason": f"model config unavailable ({error})"} for layer in lambdas]
+    config = _functional_config(model)
+    if isinstance(config, str):
+        report["left"] = [{"layer": layer.name, "reason": config} for layer in candidates]
         return model, report
-    if "layers" not in config or "input_layers" not in config:
-        report["left"] = [{"layer": layer.name, "reason": "not a functional model"} for layer in lambdas]
-        return model, report
-    rewritten = []
-    for index, entry in enumerate(config["layers"]):
-        if entry.get("class_name") != "TFOpLambda":
-            continue
-        result = _replacement(entry)
-        name = entry["config"]["name"]
-        if isinstance(result, str):
-            report["left"].append({"layer": name, "reason": result})
-            continue
-        new_entry, node = result
-        config["layers"][index] = {**new_entry, "inbound_nodes": [node]}
-        rewritten.append({"layer": name, "from": f"TFOpLambda({entry['config'].get('function')})",
-                          "to": _describe(new_entry)})
+    by_name = {layer.name: layer for layer in model.layers}
+    rewritten, layers, weight_mappers = [], [], {}
+    for entry in config["layers"]:
+        kind = entry.get("class_name")
+        name = entry.get("config", {}).get("name", entry.get("name"))
+        if kind == "TFOpLambda":
+            result = _replacement(entry)
+            if isinstance(result, str):
+                report["left"].append({"layer": name, "reason": result})
+                layers.append(entry)
+                continue
+            new_entry, node = result
+            layers.append({**new_entry, "inbound_nodes": [node]})
+            rewritten.append({"layer": name, "from": f"TFOpLambda({entry['config'].get('function')})",
+                              "to": _describe(new_entry)})
+        elif kind in LAYER_REWRITES and type(by_name.get(name)).__name__ == kind:
+            result = LAYER_REWRITES[kind](entry, by_name[name])
+            if isinstance(result, str):
+                report["left"].append({"layer": name, "reason": result})
+                layers.append(entry)
+                continue
+            entries, output_name, mappers = result
+            layers += entries
+            weight_mappers.update({target: (name, mapper) for target, mapper in mappers.items()})
+            if output_name != name:   # later layers and the outputs read the rewrite's last tensor
+                config["output_layers"] = _renamed_references(config["output_layers"], name, output_name)
+                pending = config["layers"][config["layers"].index(entry) + 1:]
+                for later in pending:
+                    later["inbound_nodes"] = _renamed_references(later["inbound_nodes"], name, output_name)
+            rewritten.append({"layer": name, "from": kind, "to": _describe_layers(entries)})
+        else:
+            layers.append(entry)
+    config["layers"] = layers
     if not rewritten:
         return model, report
     try:
         prepared = keras.Model.from_config(config, custom_objects=QAT_OBJECTS)
-        by_name = {layer.name: layer for layer in model.layers}
         for layer in prepared.layers:
-            if layer.weights:
+            if layer.name in weight_mappers:
+                source, mapper = weight_mappers[layer.name]
+                layer.set_weights(mapper(layer.name, by_name[source].get_weights()))
+            elif layer.weights:
                 layer.set_weights(by_name[layer.name].get_weights())
     except Exception as error:  # noqa: BLE001 - any failure keeps the original
         reason = f"the rewritten model could not be built ({type(error).__name__}: {str(error)[:200]})"
@@ -256,8 +441,8 @@ def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
         report["left"] += [{"layer": item["layer"], "reason": reason} for item in rewritten]
         return model, report
     report["rewritten"] = rewritten
-    log.info("prepare: rewrote %d TFOpLambda layer(s) into Keras layers tfmot can wrap; outputs identical within "
-             "%.1g", len(rewritten), difference)
+    log.info("prepare: rewrote %d layer(s) into Keras layers tfmot can wrap; outputs identical within %.1g",
+             len(rewritten), difference)
     return prepared, report
 
 
