@@ -210,7 +210,7 @@ def mnist1d_cnn_and_context():
     return model, dataset, cfg, stages.StageContext(cfg, dataset, Path(tempfile.mkdtemp()))
 
 
-def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve():
+def test_prune_then_qat_keeps_the_zeros_of_conv1d_rewritten_for_tfmots_preserving_quantizer():
     model, dataset, cfg, context = mnist1d_cnn_and_context()
     pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
     after = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
@@ -218,10 +218,12 @@ def test_prune_then_qat_keeps_the_zeros_of_conv1d_which_tfmot_does_not_preserve(
     content = convert(quantized, "int8", calibration=dataset.x_train[:50])
     verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.8})
     assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
-    assert len(record.details["zeros_kept_by_edgecomp"]) == 3   # the three Conv1D kernels; Dense is tfmot's
+    # The preparer rewrote the three Conv1D into Conv2D, whose zeros tfmot's own quantizer keeps.
+    assert [item["from"] for item in record.details["prepared"]["rewritten"]] == ["Conv1D"] * 3
+    assert not record.details.get("zeros_kept_by_edgecomp")
 
 
-def test_prune_cluster_then_qat_keeps_the_clusters_of_conv1d_which_tfmot_does_not_preserve():
+def test_prune_cluster_then_qat_keeps_the_clusters_of_conv1d_rewritten_for_tfmots_preserving_quantizer():
     model, dataset, cfg, context = mnist1d_cnn_and_context()
     pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.7, epochs=1), context)
     after_prune = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
@@ -230,7 +232,8 @@ def test_prune_cluster_then_qat_keeps_the_clusters_of_conv1d_which_tfmot_does_no
     quantized, record = stages.apply("quantize", clustered, config.QuantizeConfig(epochs=1, learning_rate=0.01),
                                      after)
     assert record.details["scheme"] == "PCQAT"
-    assert len(record.details["clusters_kept_by_edgecomp"]) == 3   # the three Conv1D kernels; Dense is tfmot's
+    assert [item["from"] for item in record.details["prepared"]["rewritten"]] == ["Conv1D"] * 3
+    assert not record.details.get("clusters_kept_by_edgecomp")
     content = convert(quantized, "int8", calibration=dataset.x_train[:50])
     verdict = cpu.verify(content, "int8", "float32", {"sparsity": 0.7, "clusters": 8})
     assert verdict["ok"], [rule for rule in verdict["details"]["rules"] if not rule["ok"]]
