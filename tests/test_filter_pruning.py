@@ -245,3 +245,24 @@ def test_layer_called_twice_keeps_the_channels_around_it():
     assert (pruned.get_layer("a").units, pruned.get_layer("after").units) == (16, 8)
     x = random_inputs(model)
     np.testing.assert_allclose(pruned.predict(x, verbose=0).shape, (8, 3))
+
+
+@pytest.mark.parametrize("shared_axes", [[1, 2], [1, 2, 3]])
+def test_prelu_slopes_are_sliced_with_the_channels_they_follow(shared_axes):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+    x = layers.PReLU(shared_axes=shared_axes, name="prelu")(x)
+    x = layers.Conv2D(8, 3, padding="same", name="next")(x)
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    slopes = np.random.default_rng(0).uniform(0.1, 0.9, model.get_layer("prelu").alpha.shape).astype(np.float32)
+    model.get_layer("prelu").set_weights([slopes])
+    kernel, bias = model.get_layer("conv").get_weights()
+    kernel[..., 8:], bias[8:] = 0.0, 0.0   # channels 8..15 are zero: removing them changes nothing
+    model.get_layer("conv").set_weights([kernel, bias])
+    pruned, _, skipped = filters.prune_filters(model, params(sparsity=0.5, round_to=8))
+    assert pruned.get_layer("conv").filters == 8 and "conv" not in {item["layer"] for item in skipped}
+    expected = slopes[..., :8] if slopes.shape[-1] == 16 else slopes
+    np.testing.assert_array_equal(pruned.get_layer("prelu").get_weights()[0], expected)
+    x = random_inputs(model, 16)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

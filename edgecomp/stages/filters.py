@@ -13,7 +13,8 @@ How channels flow through the graph:
   channel group: their ``filters``/``units`` shrink, their kernels lose output
   columns, and every consuming producer loses the matching input rows.
 - **Pass-through** layers keep the channels of their input: BatchNormalization
-  (gamma, beta and moving statistics sliced), DepthwiseConv2D with
+  (gamma, beta and moving statistics sliced), PReLU (its per-channel slopes
+  sliced; a slope shared by all channels passes them as is), DepthwiseConv2D with
   ``depth_multiplier`` 1 (depthwise kernel and bias sliced), activations other than
   softmax, Dropout and its variants, pooling and global pooling, padding,
   cropping, up-sampling.
@@ -24,7 +25,7 @@ How channels flow through the graph:
   keeps its own mask.
 - **Flatten** (channels last, static shape) repeats the channel layout once per
   spatial position, so a Dense after it loses the matching flattened rows.
-- Anything else (Reshape, Permute, SeparableConv2D, Conv2DTranspose, LayerNormalization,
+- Anything else (Reshape, Permute, SeparableConv2D, grouped convs, Conv2DTranspose, LayerNormalization,
   softmax over channels, lambda ops, nested models, layers called more than once)
   keeps the channels that reach it: those groups are not pruned and the layers
   that produce them are listed in ``skipped`` with the reason. The model's output
@@ -145,7 +146,7 @@ class FilterPlan:
         groups: the channel groups (union-find); a root's producers share one mask.
         input_layouts: layer name → layout of each of its inputs (a layout is a tuple
             of group ids whose channels lie side by side on the last axis).
-        kinds: layer name → ``producer``, ``depthwise``, ``batch_norm``, ``pass``,
+        kinds: layer name → ``producer``, ``depthwise``, ``batch_norm``, ``channelwise`` (PReLU), ``pass``,
             ``merge``, ``concat``, ``flatten`` or ``opaque``.
         output_groups: producer name → its output group id.
         not_handled: ``[{"layer", "reason"}]`` for layers with kernels edgecomp cannot prune.
@@ -217,6 +218,11 @@ def _classify(layer) -> tuple[str, Optional[str]]:
         if rank and [a % rank for a in axes] == [rank - 1]:
             return "batch_norm", None
         return "opaque", "BatchNormalization over an axis other than the last"
+    if type(layer) is keras.layers.PReLU:
+        if not isinstance(layer.input_shape, tuple) or len(layer.alpha.shape) != len(layer.input_shape) - 1:
+            return "opaque", "PReLU on an input of unknown rank"
+        # One slope per channel is sliced like BatchNorm's statistics; one shared by all channels passes them.
+        return ("pass", None) if layer.alpha.shape[-1] == 1 else ("channelwise", None)
     if type(layer) is keras.layers.Activation:
         name = layer.get_config().get("activation")
         if name in CHANNEL_ACTIVATIONS:
@@ -299,7 +305,7 @@ def plan(model) -> FilterPlan:
                 groups.freeze(group, SOFTMAX_OVER_CHANNELS)
             output_groups[name] = group
             layouts[(name, 0, 0)] = (group,)
-        elif kind in ("depthwise", "batch_norm", "pass"):
+        elif kind in ("depthwise", "batch_norm", "channelwise", "pass"):
             layouts[(name, 0, 0)] = inputs[0]
         elif kind == "merge":
             first = inputs[0]
@@ -410,7 +416,7 @@ def rewrite(model, filter_plan: FilterPlan, masks: dict[int, np.ndarray]):
 def _sliced_weights(layer, filter_plan: FilterPlan, masks) -> list[np.ndarray]:
     weights = layer.get_weights()
     kind = filter_plan.kinds.get(layer.name)
-    if kind not in ("producer", "depthwise", "batch_norm"):
+    if kind not in ("producer", "depthwise", "batch_norm", "channelwise"):
         return weights
     in_mask = filter_plan.layout_mask(filter_plan.input_layouts[layer.name][0], masks)
     if kind == "producer":
@@ -422,7 +428,7 @@ def _sliced_weights(layer, filter_plan: FilterPlan, masks) -> list[np.ndarray]:
         return [kernel] + [np.compress(out_mask, w, axis=-1) for w in weights[1:]]
     if kind == "depthwise":
         return [np.compress(in_mask, weights[0], axis=-2)] + [np.compress(in_mask, w, axis=-1) for w in weights[1:]]
-    return [np.compress(in_mask, w, axis=-1) for w in weights]             # BN: gamma, beta, mean, variance
+    return [np.compress(in_mask, w, axis=-1) for w in weights]   # BN's gamma, beta, mean, variance; PReLU's alpha
 
 
 # ---- records -----------------------------------------------------------------------------
