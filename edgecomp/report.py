@@ -159,6 +159,7 @@ def render(report: Report) -> str:
             f"{stage.seconds:.1f} | {len(stage.skipped)} |"
         )
     lines += _distillation_lines(report.stages)
+    lines += _coverage_lines(report.stages)
     skipped = [(stage.stage, item) for stage in report.stages for item in stage.skipped]
     if skipped:
         lines += ["", "Skipped layers:", ""]
@@ -234,6 +235,27 @@ def _accuracy_steps_lines(report: Report) -> list[str]:
         cells = [f"{item['delta_points']:+.2f} pt" for item in steps.get("stages", [])]
         cells += [f"{steps[key]:+.2f} pt" if key in steps else "–" for key in ("conversion_points", "total_points")]
         lines.append(f"| {record.target} {record.quantization} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _coverage_lines(stages) -> list[str]:
+    """What QAT covered: per layer kind, layers fake-quantized while training, range only, not wrapped;
+    and the layers the preparer rewrote so that tfmot could wrap them."""
+    lines = []
+    for stage in stages:
+        coverage, prepared = stage.details.get("coverage"), stage.details.get("prepared", {})
+        if stage.stage != "quantize" or not (coverage or prepared):
+            continue
+        if coverage:
+            lines += ["", "QAT coverage (layers inside the quantize wrappers; *range only*: the output range is "
+                          "learned, the weights are quantized at conversion; reasons under Skipped layers):", "",
+                      "| layer kind | QAT | range only | not wrapped |", "|---|---|---|---|"]
+            lines += [f"| {kind} | {row['qat']} | {row['output_only']} | {row['not_wrapped']} |"
+                      for kind, row in coverage.items()]
+        if prepared.get("rewritten"):
+            lines += ["", f"Rewritten before QAT (outputs identical within "
+                          f"{prepared.get('max_difference', 0.0):.1g}):", ""]
+            lines += [f"- `{item['layer']}`: {item['from']} → {item['to']}" for item in prepared["rewritten"]]
     return lines
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecomp import config, data, runtime
+from edgecomp import config, data, report, runtime
 from edgecomp._keras import keras, tf
 from edgecomp import stages
 from edgecomp.stages import StageContext, prepare, quantize
@@ -204,6 +204,9 @@ def test_prune_then_qat_keeps_zeros_of_a_rewritten_conv1d_in_the_file(tmp_path):
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1),
                                      StageContext(cfg, dataset, tmp_path, ("prune",)))
     assert "dilated" in [item["layer"] for item in record.details["prepared"]["rewritten"]]
+    text = report.render(report.Report("x", "0", stages=[record]))   # report.md shows what QAT covered
+    assert "| Conv2D | 3 | 0 | 0 |" in text and "| DepthwiseConv2D | 2 | 0 | 0 |" in text
+    assert "- `dilated`: Conv1D → Reshape(40, 1, 1) + Conv2D((5, 1)) + Reshape(40, 16)" in text
     content = convert.convert(quantized, "int8", calibration=dataset.x_train[:50])
     tensors = cpu.weight_statistics(content)["tensors"]
     dilated = [t for t in tensors if t["op"] == "CONV_2D" and t["shape"][1:3] == [5, 1]]
