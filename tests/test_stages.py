@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgecomp import config, models, runtime, stages
+from edgecomp._keras import keras
 from edgecomp.errors import ConfigError
 from edgecomp.stages import common
 from edgecomp.stages.quantize import choose_scheme
@@ -144,3 +145,28 @@ def test_depthwise_kernels_tfmot_cannot_prune_are_reported_and_the_file_check_ac
     content = convert(pruned, "int8", calibration=tiny_dataset.x_train[:20])
     result = cpu.verify(content, "int8", expect={"sparsity": record.details["model_sparsity"]})
     assert result["ok"], result["details"]["rules"]
+
+
+def test_attention_stays_float_while_the_rest_of_a_transformer_gets_qat(tiny_dataset, context):
+    """MultiHeadAttention is called with query and value; tfmot's wrapper cannot build it, which used to make
+    the whole model fall back to post-training int8. Now only that layer is left unwrapped, with the reason."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(tiny_dataset.input_shape)
+    x = layers.Conv2D(8, 2, strides=2, name="patches")(inputs)
+    x = layers.Reshape((-1, 8))(x)
+    y = layers.LayerNormalization()(x)
+    x = layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")(y, y)])
+    x = layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, layers.Dense(tiny_dataset.num_classes, name="head")(x))
+    quantized, record = stages.apply("quantize", model, config.QuantizeConfig(epochs=1), context)
+    assert "fallback" not in record.details, record.details
+    assert {"layer": "attention", "reason": common.NOT_WRAPPABLE} in record.skipped
+    coverage = record.details["coverage"]
+    assert coverage["MultiHeadAttention"] == {"qat": 0, "output_only": 0, "not_wrapped": 1}
+    assert coverage["Dense"]["qat"] == 1 and coverage["Conv2D"]["qat"] == 1
+    content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
+    result = cpu.verify(content, "int8")
+    assert result["ok"], result["details"]["rules"]
+    accuracy = runtime.evaluate(content, tiny_dataset.x_test, tiny_dataset.y_test)["accuracy"]
+    assert accuracy >= record.metrics["accuracy"] - 0.1

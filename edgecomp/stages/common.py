@@ -23,6 +23,8 @@ BN_NOT_AFTER_CONV = "BatchNormalization not directly after a Conv: not folded; o
 UNKNOWN_ACTIVATION = "activation not supported by tfmot QAT: only the output range is learned"
 PREPROCESSING = "preprocessing layer: only the output range is learned"
 NOT_REWRITTEN = "TFOpLambda the preparer could not rewrite"
+NOT_WRAPPABLE = ("tfmot's quantize wrapper cannot build a layer called with several inputs (query, value, ...): "
+                 "left float during QAT, quantized at conversion")
 OUTPUT_ONLY = "not in tfmot's QAT registry: only the output range is learned, weights quantized at conversion"
 
 

@@ -238,16 +238,22 @@ def _inbound_layers(layer) -> list:
     return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
+# Layers called with separate tensors (query, value, key): tfmot's wrapper calls compute_output_shape with one.
+MULTI_INPUT_CALLS = (keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention)
+
+
 def _annotation_issue(layer, registry) -> str | None:
     """None when tfmot's registry handles the layer, else why it gets an output-only config.
 
-    "" means: leave the layer alone silently (inputs); ``common.NESTED_MODEL`` means
-    it cannot be annotated at all.
+    "" means: leave the layer alone silently (inputs); ``common.NESTED_MODEL`` and
+    ``common.NOT_WRAPPABLE`` mean it cannot be annotated at all (it stays float while training).
     """
     if isinstance(layer, keras.layers.InputLayer):
         return ""
     if isinstance(layer, keras.Model):
         return common.NESTED_MODEL
+    if isinstance(layer, MULTI_INPUT_CALLS):
+        return common.NOT_WRAPPABLE
     if PREPROCESSING and isinstance(layer, PREPROCESSING):
         return common.PREPROCESSING
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -281,7 +287,7 @@ def wrap_model(model, previous: tuple[str, ...] = (), weights: str = "per_channe
             return quantize_api.quantize_annotate_layer(layer)
         if reason:
             skipped.append({"layer": layer.name, "reason": reason})
-        if reason and reason != common.NESTED_MODEL:
+        if reason and reason not in (common.NESTED_MODEL, common.NOT_WRAPPABLE):
             return quantize_api.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
         return layer
 
