@@ -107,6 +107,14 @@ def conv1d_kws(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="conv1d_kws")
 
 
+def gru_kws(input_shape, num_classes):
+    """A strided Conv1D front end and a GRU: the recurrent case (unrolled at conversion)."""
+    inputs = keras.Input(input_shape)
+    x = layers.Conv1D(32, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = layers.GRU(48)(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="gru_kws")
+
+
 def tiny_vit(input_shape, num_classes):
     """Patches, LayerNormalization and MultiHeadAttention: a two-block transformer."""
     inputs = keras.Input(input_shape)
@@ -147,6 +155,7 @@ MODELS = {
     "mlp": (DIGITS, False),
     "separable_prelu": (DIGITS, False),
     "conv1d_kws": (MNIST1D, False),
+    "gru_kws": (MNIST1D, False),
     "tiny_vit": (DIGITS, False),
     "mobilenet_v3_small": (DIGITS_RGB, True),
     "mobilenet_v2": (DIGITS_RGB, True),

@@ -573,6 +573,11 @@ def apply(model, params: QuantizeConfig, context):
     """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
     teacher = models.copy(model) if params.distill_from == "float" and params.epochs > 0 else None
     model, preparation = prepare.prepare_for_qat(model, _samples(context.dataset))
+    recurrent = [layer.name for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+    if recurrent:
+        return _post_training_fallback(model, context, preparation, ValueError(
+            f"recurrent layers ({', '.join(recurrent)}) get no QAT config in tfmot, and the int8 file of a "
+            "QAT-wrapped LSTM could not be loaded by XNNPACK (TensorFlow 2.21)"))
     try:
         quantized, scheme_name, annotated, skipped = wrap_model(model, context.previous, params.weights)
         if quantized.output_shape != model.output_shape:

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from edgecomp._keras import tf
+from edgecomp._keras import keras, tf
 from edgecomp.data import representative_dataset
 from edgecomp.errors import ModelError
 
@@ -41,6 +41,7 @@ def convert(model, quantization: str = "float32", io: str = "float32", calibrati
     Raises:
         ModelError: the converter rejects the model; the message names the first cause.
     """
+    model = unrolled(model)
     converter = _static_batch_converter(model) if static_batch else tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization in ("float16", "dynamic", "int8", "int16x8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -66,7 +67,47 @@ def convert(model, quantization: str = "float32", io: str = "float32", calibrati
     except Exception as error:  # noqa: BLE001 - converter errors come in many types
         lines = [line for line in str(error).splitlines() if line.strip()]
         cause = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(error).__name__)
+        if "TensorList" in cause and _recurrent_layers(model):
+            cause += ("; a recurrent layer on a sequence of unknown length cannot be unrolled: give the model's "
+                      "Input a fixed number of time steps")
         raise ModelError(f"TFLite conversion to {quantization} failed: {cause.strip()}") from None
+
+
+def _recurrent_layers(model) -> list:
+    """The model's recurrent layers (LSTM, GRU, SimpleRNN, RNN), also inside QAT wrappers."""
+    return [layer for layer in model.layers if isinstance(getattr(layer, "layer", layer), keras.layers.RNN)]
+
+
+def unrolled(model):
+    """``model``, or a copy whose recurrent layers are unrolled (same weights, same outputs).
+
+    TensorFlow's converter turns a rolled Keras LSTM/GRU/SimpleRNN into a TensorList
+    while-loop that it cannot convert with a dynamic batch ("'tf.TensorListReserve'
+    op requires element_shape to be static"), and calibrating such a loop for int8
+    crashed the process (GRU, SimpleRNN; TF 2.21). Unrolled over a fixed number of
+    time steps, the layer is plain matrix ops that convert to float and int8 alike
+    (measured on MNIST-1D: GRU, LSTM and SimpleRNN files match Keras's accuracy).
+    Layers on a sequence of unknown length are left rolled (the quantize stage does
+    not wrap recurrent layers: a model with one is quantized after training).
+    """
+    def steps(layer):
+        shape = layer.input_shape[0] if isinstance(layer.input_shape, list) else layer.input_shape
+        return shape[1] if isinstance(shape, tuple) and len(shape) == 3 else None
+
+    rolled = {layer.name for layer in model.layers
+              if isinstance(layer, keras.layers.RNN) and not layer.unroll and steps(layer)}
+    if not rolled:
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in rolled:
+            config["unroll"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _static_batch_converter(model):
