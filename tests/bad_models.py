@@ -64,6 +64,15 @@ def wrong_schema_version(content: bytes) -> bytes:
     return _edit(content, change)
 
 
+def op_versions_unknown(content: bytes) -> bytes:
+    """Every operator code at version 99: no runtime has kernels for it (not in ``KINDS``: TFLM ignores versions)."""
+    def change(model):
+        for code in model.operatorCodes:
+            code.version = 99
+
+    return _edit(content, change)
+
+
 def no_inputs(content: bytes) -> bytes:
     def change(model):
         model.subgraphs[0].inputs = []

@@ -15,7 +15,7 @@ import bad_models
 from conftest import run_cli
 from edgecomp import config, runtime
 from edgecomp.errors import ModelError
-from edgecomp.targets import cpu, micro
+from edgecomp.targets import cpu, edgetpu, gpu, micro
 
 KINDS = list(bad_models.KINDS)
 
@@ -53,6 +53,24 @@ def test_cpu_verifier_reports_bad_model_as_not_loading(bad, kind):
     [rule] = result["details"]["rules"]
     assert rule["rule"] == "loads" and not rule["ok"]
     assert_one_clear_line(rule["detail"], "model")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["gpu", "edgetpu"])
+def test_gpu_and_edgetpu_verifiers_report_bad_model_as_not_loading(bad, kind, target):
+    result = gpu.verify(bad[kind], "float32", analyzer=False) if target == "gpu" else edgetpu.verify(bad[kind])
+    assert result["ok"] is False
+    rule = result["details"]["rules"][0]   # the static rules follow when the graph itself can be read
+    assert rule["rule"] == "loads" and not rule["ok"]
+    assert_one_clear_line(rule["detail"], "model")
+
+
+def test_a_file_whose_op_versions_no_runtime_knows_fails_cpu_gpu_and_edgetpu_naming_the_op(converted):
+    unknown = bad_models.op_versions_unknown(converted("int8"))
+    for result in (cpu.verify(unknown, "int8"), gpu.verify(unknown, "int8", analyzer=False), edgetpu.verify(unknown)):
+        assert result["ok"] is False
+        rule = result["details"]["rules"][0]
+        assert rule["rule"] == "loads" and "version" in rule["detail"] and "'99'" in rule["detail"], rule
 
 
 @pytest.mark.parametrize("kind", KINDS)

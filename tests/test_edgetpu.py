@@ -132,7 +132,9 @@ def test_custom_op_fails_supported_ops(tiny_int8):
     code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
     code.customCode = "MyVendorOp"
     compatibility = edgetpu.verify(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), io="int8")
-    assert "CUSTOM(MyVendorOp) is not supported" in _failed(compatibility)["supported_ops"]
+    failed = _failed(compatibility)
+    assert "CUSTOM(MyVendorOp) is not supported" in failed["supported_ops"]
+    assert "MyVendorOp" in failed["loads"]   # LiteRT itself has no kernel for it either
     assert compatibility["details"]["mapping"]["first_unmapped"]["op"] == "CUSTOM(MyVendorOp)"
 
 

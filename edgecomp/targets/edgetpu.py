@@ -315,6 +315,21 @@ def op_issues(operator: Operator, tensors: dict[int, Tensor]) -> list[tuple[str,
     return unique
 
 
+def loads_rule(content: bytes, detail: str) -> dict:
+    """Rule ``loads``: LiteRT loads and runs the file (the GPU delegate and the Edge TPU runtime sit on it).
+
+    A file it refuses, or one whose op versions it does not know, fails, with LiteRT's
+    message; the static rules still run on the graph, so they name what else is wrong.
+    """
+    from edgecomp import runtime
+
+    try:
+        runtime.check_model(content)
+    except ModelError as error:
+        return _rule("loads", False, str(error))
+    return _rule("loads", True, detail)
+
+
 def verify(content: bytes, io: str = "int8") -> dict:
     """Checks ``content`` against the Edge TPU's model requirements.
 
@@ -331,7 +346,7 @@ def verify(content: bytes, io: str = "int8") -> dict:
         operators, tensors, inputs, outputs = read_model(content)
     except ModelError as error:
         return {"ok": False, "details": {"rules": [_rule("loads", False, str(error))]}}
-    rules = [_rule("loads", True, f"{len(operators)} ops, {len(tensors)} tensors")]
+    rules = [loads_rule(content, f"{len(operators)} ops, {len(tensors)} tensors")]
 
     io_types = sorted({tensors[i].dtype.lower() for i in inputs + outputs})
     rules.append(_rule("io_type", io_types == [io], f"inputs/outputs are {', '.join(io_types)}, expected {io}"))

@@ -58,7 +58,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecomp.errors import ModelError
-from edgecomp.targets.edgetpu import Operator, Tensor, read_model
+from edgecomp.targets.edgetpu import Operator, Tensor, loads_rule, read_model
 
 GROUND_TRUTH = ("https://github.com/tensorflow/tensorflow/blob/master/"
                 "tensorflow/lite/tools/versioning/gpu_compatibility.cc")
@@ -437,7 +437,7 @@ def check_static(content: bytes) -> dict:
     except ModelError as error:
         return {"rules": [_rule("loads", False, str(error))], "ops": [], "unsupported": []}
     constants = constant_tensors(operators, tensors)
-    rules = [_rule("loads", True, f"{len(operators)} ops, {len(tensors)} tensors")]
+    rules = [loads_rule(content, f"{len(operators)} ops, {len(tensors)} tensors")]
     per_op = [op_issues(op, tensors, constants) for op in operators]
     for name, passed in (("supported_ops", "every op is one the GPU delegate implements, within its limits"),
                          ("tensor_rank", f"every tensor computed at run time is at most {MAX_RANK}-D"),
