@@ -283,7 +283,8 @@ def _guard_lines(report: Report) -> list[str]:
             lines += ["", f"  Repair rungs, measured on the {guard.get('judged_on', 'validation')} split:", "",
                       "  | rung | what | accuracy | drop | size |", "  |---|---|---|---|---|"]
             for step in guard["steps"]:
-                lines.append(f"  | {step['rung']} | {step['detail']} | {step['validation_accuracy']:.4f} | "
+                what = step["detail"] + (f" ({step['note']})" if step.get("note") else "")
+                lines.append(f"  | {step['rung']} | {what} | {step['validation_accuracy']:.4f} | "
                              f"{step['drop_points']:+.2f} pt | {_kb(step['size_bytes'])} |")
         if guard.get("alternatives"):
             lines += ["", "  Alternatives measured (offered, not adopted: set the target's `quantization`):", "",

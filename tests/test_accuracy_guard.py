@@ -1,5 +1,7 @@
 """The int8 accuracy guard: ranks layers by quantization error, keeps the worst float."""
 
+import pytest
+
 from edgecomp import runtime
 from edgecomp.report import Report, TargetRecord, render
 from edgecomp.targets import accuracy_guard, cpu
@@ -82,3 +84,19 @@ def test_report_offers_the_measured_alternatives_with_their_latency_and_converte
     assert "| int16x8 | 0.9000 | +0.25 pt | 0.8900 | +0.50 pt | 3.0 KB | 2.50× |" in text
     assert "| dynamic | – | – | – | – | – | TFLite conversion failed: x |" in text
     assert "OVER BUDGET" in text
+
+
+@pytest.mark.parametrize("drop, float_layers, size, adopted, note", [
+    (0.50, 0, 1000, True, None),                  # free rung (recalibration): any gain counts
+    (1.25, 1, 900, False, None),                  # less accurate: never
+    (0.80, 3, 1500, False, "under 2 validation samples"),   # one sample better for a larger file: noise
+    (0.50, 3, 1500, True, None),                  # two samples better: worth the float layers
+    (0.00, 7, 2500, False, "over 2x"),            # near float size: never, however accurate
+])
+def test_a_larger_file_must_win_by_two_validation_samples_and_stay_under_the_size_cap(drop, float_layers, size,
+                                                                                        adopted, note):
+    best = {"drop_points": 1.0, "size_bytes": 1000}
+    got, why = accuracy_guard.better({"drop_points": drop, "size_bytes": size}, float_layers, best, 0,
+                                     sample_points=0.25, size_cap=2000)
+    assert got is adopted
+    assert (note is None and why is None) or (note in why)

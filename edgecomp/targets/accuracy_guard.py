@@ -14,7 +14,9 @@ the **validation** split (the test split only gives the final verdict):
    file with that one layer kept float is measured, and layers are then added in
    order of measured gain until the drop is within budget. RMSE rank alone was a
    weak order on small models (1, 2, 4, 8 worst layers: no better than none).
-   Never every layer: that is the float32 file, and the guard says it failed.
+   A file with more float layers is adopted only when it gains at least
+   ``MIN_GAIN_SAMPLES`` validation samples, and never past ``MAX_SIZE_RATIO`` times
+   the plain int8 file's size: never a float-sized file, and the guard says it failed.
 
 When the repaired file is still over budget on the test split, ``alternatives``
 measures what a cpu target can run instead, ``int16x8`` (16-bit activations)
@@ -51,6 +53,12 @@ log = logging.getLogger("edgecomp")
 TOP_LAYERS = 10
 MAX_CALIBRATION = 2000   # samples of the training split the calibration rung uses at most
 CANDIDATES = 8           # worst layers by RMSE/scale whose fallback is measured one by one
+# A rung that makes the file larger (float layers) must gain at least this many validation samples over the
+# file chosen so far: on 143-399 validation samples one sample is 0.25-0.7 points, and chasing single samples
+# kept 7 of a Conv1D net's 7 layers float (a float-sized "int8" file) for a one-sample gain that the test
+# split did not show.
+MIN_GAIN_SAMPLES = 2
+MAX_SIZE_RATIO = 2.0     # a float-fallback file may be at most this many times the plain int8 file's size
 ALTERNATIVES = ("int16x8", "dynamic")   # other cpu quantizations measured when no rung meets the budget
 LATENCY_RUNS = 30        # timed invocations per file when comparing an alternative's latency with int8's
 
@@ -110,6 +118,26 @@ def _step(rung: str, detail: str, content: bytes, validation, float_accuracy: fl
     return step
 
 
+def better(step: dict, float_layers: int, best: dict, best_float_layers: int, sample_points: float,
+           size_cap: float) -> tuple[bool, str | None]:
+    """Whether rung ``step`` replaces the file chosen so far (``best``), and why not when it is more accurate.
+
+    Least drop wins; on a tie, fewer float layers (float ops cost latency), then the
+    smaller file. A file that costs more (more float layers or bytes) must gain at
+    least ``MIN_GAIN_SAMPLES`` validation samples (``sample_points`` each), and none
+    may exceed ``size_cap`` bytes.
+    """
+    gain = best["drop_points"] - step["drop_points"]
+    if step["size_bytes"] > size_cap:
+        return False, f"not adopted: over {MAX_SIZE_RATIO:g}x the plain int8 file's size"
+    costs_more = float_layers > best_float_layers or step["size_bytes"] > best["size_bytes"]
+    if costs_more and gain < MIN_GAIN_SAMPLES * sample_points - 1e-9:
+        return False, (f"not adopted: gains under {MIN_GAIN_SAMPLES} validation samples for a larger file"
+                       if gain > 0 else None)
+    key = (step["drop_points"], float_layers, step["size_bytes"])
+    return key < (best["drop_points"], best_float_layers, best["size_bytes"]), None
+
+
 def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tuple, float_accuracy: float,
            content: bytes, budget_points: float, fallback: str = "float", plain_failed: bool = False,
            first_rung: str = "plain") -> dict:
@@ -140,11 +168,16 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
     chosen = {"content": content, "step": steps[0], "calibration": calibration, "float_layers": []}
     result = {"steps": steps, "layers": [], "float_layers": [], "rung": None}
 
+    # One validation sample, in points: a file that costs more (float layers, size) must win by MIN_GAIN_SAMPLES.
+    sample_points = 100.0 / max(1, len(validation[1]))
+    size_cap = MAX_SIZE_RATIO * steps[0]["size_bytes"]
+
     def consider(step, candidate, samples, float_layers):
-        # Least drop wins; on a tie, fewer float layers (float ops cost latency), then the smaller file.
-        best = chosen["step"]
-        if (step["drop_points"], len(float_layers), step["size_bytes"]) < \
-                (best["drop_points"], len(chosen["float_layers"]), best["size_bytes"]):
+        adopt, note = better(step, len(float_layers), chosen["step"], len(chosen["float_layers"]), sample_points,
+                             size_cap)
+        if note:
+            step["note"] = note
+        if adopt:
             chosen.update(content=candidate, step=step, calibration=samples, float_layers=float_layers)
         return step["drop_points"] <= budget_points and chosen["step"] is step
 
@@ -180,6 +213,8 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
             if consider(step, candidate, samples, kept):
                 done, result["rung"] = True, "float_fallback"
                 break
+            if step["size_bytes"] > size_cap:
+                break   # more float layers only make it larger
     result.update(content=chosen["content"], float_layers=chosen["float_layers"],
                   calibration=chosen["calibration"], calibration_samples=int(len(chosen["calibration"])))
     return result
