@@ -24,7 +24,7 @@ from edgecomp import data, distribute, files, models, runtime, stages, training
 from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
-from edgecomp.devices import open_configured
+from edgecomp.devices import open_configured, output_check
 from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedError
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
@@ -38,6 +38,7 @@ CHECKPOINT_FILE = "model.h5"
 # quantizers are rebuilt with the default scheme: "Layer expects 4 weight(s),
 # received 7"); QAT is always the last stage, so --resume re-runs it from the stage before.
 UNCHECKPOINTED_STAGES = ("quantize",)
+CHECKED_SAMPLES = 8   # test samples whose outputs every benchmarked device must reproduce
 
 
 def run(cfg: Config, *, resume: bool = False) -> Report:
@@ -364,7 +365,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
                  record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
     if target not in ("micro", "edgetpu", "gpu"):
-        record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
+        record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
     return record
 
 
@@ -440,7 +441,7 @@ def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_
     record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=record.path)
     record.compatibility = cpu.verify(content, params.quantization, params.io, expect, float_fallback=float_layers)
     record.io = runtime.io_details(content)
-    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:1], record)
+    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
 
 
 def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
@@ -471,8 +472,14 @@ def _next_try(alternatives: list[dict]) -> str:
     return "try " + "; or ".join(advice)
 
 
-def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord) -> list[dict]:
-    results = []
+def _benchmark(cfg: Config, path: Path, samples: np.ndarray, record: TargetRecord) -> list[dict]:
+    """Benchmarks ``path`` on every configured device, timing the first sample; checks the device's outputs.
+
+    Devices that run edgecomp's agent (local, ssh) return the outputs of ``samples``;
+    they are compared with this machine's run of the same file (``output_check``),
+    and a device that computes something else fails rule ``outputs_on_<device>``.
+    """
+    results, expected = [], None
     for spec in cfg.benchmark.devices:
         try:
             device = open_configured(spec, cfg.benchmark)
@@ -482,16 +489,36 @@ def _benchmark(cfg: Config, path: Path, sample: np.ndarray, record: TargetRecord
             log.info("%s: benchmarking on %s, %d thread(s), %d runs", record.target, spec, threads, cfg.benchmark.runs)
             try:
                 result = device.benchmark(path, runs=cfg.benchmark.runs, warmup=cfg.benchmark.warmup,
-                                          threads=threads, inputs=sample, timeout_s=cfg.benchmark.timeout_s)
+                                          threads=threads, inputs=samples, timeout_s=cfg.benchmark.timeout_s)
             except DeviceError as error:
                 log.error("%s: %s", record.target, error)
                 record.skipped.append({"layer": f"benchmark {spec}", "reason": str(error)})
                 continue
+            if "outputs" in result:
+                if expected is None:
+                    expected = output_check.reference(path.read_bytes(), samples)
+                result["output_check"] = check = output_check.compare(result.pop("outputs"), expected)
+            else:
+                result["output_check"] = check = {"verdict": "not checked",
+                                                  "reason": "this device's benchmark returns no outputs"}
+            if check["verdict"] != "not checked":
+                _output_rule(record, spec, threads, check)
             latency = result["latency_ms"]
             which = "p50" if latency.get("p50") is not None else "mean"
             log.info("%s: %s %.4f ms on %s (%s)", record.target, which, latency[which], spec, result["delegate"])
             results.append(result)
     return results
+
+
+def _output_rule(record: TargetRecord, spec: str, threads: int, check: dict) -> None:
+    """Rule ``outputs_on_<device>``: the device computed what this machine does (within tolerance)."""
+    ok = check["verdict"] != "wrong"
+    name = f"outputs_on_{spec.split('://')[0]}"
+    detail = f"{spec}, {threads} thread(s): {output_check.describe(check)}"
+    (log.info if ok else log.error)("%s: %s", record.target, detail)
+    details = record.compatibility.setdefault("details", {})
+    details.setdefault("rules", []).append({"rule": name, "ok": ok, "detail": detail})
+    record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and ok
 
 
 def _write_report(report: Report, run_dir: Path) -> None:

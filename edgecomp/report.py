@@ -189,9 +189,11 @@ def render(report: Report) -> str:
         for item in record.skipped:
             lines.append(f"  - skipped {item['layer']}: {item['reason']}")
     lines += ["", "## Benchmarks", "", "Latencies in ms per invoke; init is loading the model and allocating tensors, "
-                                         "first the first invoke.", "",
-              "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                                         "first the first invoke. *outputs*: the device's outputs on test samples "
+                                         "against this machine's run of the same file.", "",
+              "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS "
+              "| outputs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for record in ([reference] if reference else []) + report.targets:
         label = "reference" if record is reference else record.target
         for bench in record.benchmarks:
@@ -201,7 +203,7 @@ def render(report: Report) -> str:
                 f"{_figure(latency['mean'], '.4f')} | {_figure(latency.get('p50'), '.4f')} | "
                 f"{_figure(latency.get('p90'), '.4f')} | {_figure(latency.get('p99'), '.4f')} | "
                 f"{_figure(bench.get('init_ms'), '.2f')} | {_figure(bench.get('first_ms'), '.3f')} | "
-                f"{_figure(bench.get('peak_rss_mb'), '.0f', ' MB')} |"
+                f"{_figure(bench.get('peak_rss_mb'), '.0f', ' MB')} | {_outputs_cell(bench.get('output_check'))} |"
             )
     lines += _accuracy_steps_lines(report)
     lines += _guard_lines(report)
@@ -216,6 +218,18 @@ def render(report: Report) -> str:
                     lines.append(f"- {target} {kind[:-1]} {name} {d['dtype']} {d['shape']}: "
                                  f"scale {d['scale']:.8g}, zero_point {d['zero_point']}")
     return "\n".join(lines) + "\n"
+
+
+def _outputs_cell(check: dict | None) -> str:
+    if not check:
+        return "–"
+    if check["verdict"] == "not checked":
+        return "not checked"
+    if "max_steps" in check:
+        return f"{check['verdict']} ({check['samples']} samples, max {check['max_steps']} step(s))"
+    if "max_relative_difference" in check:
+        return f"{check['verdict']} ({check['samples']} samples, max {check['max_relative_difference']:.1g} rel.)"
+    return check["verdict"]
 
 
 def _accuracy_steps_lines(report: Report) -> list[str]:

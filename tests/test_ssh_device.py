@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import sshd
-from edgecomp.devices import LocalDevice, open_device
+from edgecomp.devices import LocalDevice, open_device, output_check
 from edgecomp.devices.ssh import SshDevice
 from edgecomp.errors import DeviceError
 
@@ -51,6 +51,9 @@ def test_ssh_results_match_local_and_leave_nothing_behind(server, device_venvs, 
     assert remote["runtime"].startswith("ai_edge_litert")
     assert remote["delegate"] == local["delegate"] == "XNNPACK"
     assert remote["runs"] == 30 and len(remote["latency_samples_ms"]) == 30
+    # The device computed what this machine computes on the same sample.
+    expected = output_check.reference(model_file.read_bytes(), tiny_dataset.x_test[:1])
+    assert output_check.compare(remote["outputs"], expected)["verdict"] == "identical"
     # Same machine underneath: medians within a factor of 3 of each other (noise, not a benchmark).
     assert 1 / 3 < remote["latency_ms"]["p50"] / local["latency_ms"]["p50"] < 3
     assert remote_folders() == before

@@ -12,7 +12,9 @@ Usage:
 
 Output: a JSON object on the last line of stdout with latency statistics in ms,
 init and first-inference time, peak RSS, the delegate the runtime reported, the
-runtime name/version and a device description. Exit 3: no runtime; exit 4: the
+runtime name/version, a device description and, with ``--inputs``, the raw
+outputs of up to 16 of those samples run one at a time (after timing), for the
+host to compare with its own run of the same file. Exit 3: no runtime; exit 4: the
 runtime cannot load the model.
 """
 
@@ -28,6 +30,7 @@ import time
 import numpy as np
 
 EXIT_NO_RUNTIME = 3
+MAX_CHECKED = 16   # samples of --inputs whose outputs are returned for the host to compare
 EXIT_BAD_MODEL = 4
 
 
@@ -130,6 +133,16 @@ def _make_interpreter(module, content, threads, xnnpack):
     return interpreter
 
 
+def quantized(data, detail):
+    """``data`` (float samples) in the input's type: scaled and rounded when the input is integer."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind in "iu":
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        data = np.clip(np.round(data / (scale or 1.0) + zero), info.min, info.max)
+    return data.astype(dtype)
+
+
 def _inputs(interpreter, path, rng):
     details = interpreter.get_input_details()
     samples = np.load(path, allow_pickle=False) if path else None
@@ -139,11 +152,7 @@ def _inputs(interpreter, path, rng):
         dtype = np.dtype(detail["dtype"])
         if samples is not None and position == 0:
             data = samples.reshape((-1, *shape[1:]))[: max(1, shape[0])]
-            if dtype.kind in "iu":
-                scale, zero = detail["quantization"]
-                info = np.iinfo(dtype)
-                data = np.clip(np.round(data / (scale or 1.0) + zero), info.min, info.max)
-            batches.append(data.astype(dtype).reshape(shape))
+            batches.append(quantized(data, detail).reshape(shape))
         elif dtype.kind == "f":
             batches.append(rng.standard_normal(shape).astype(dtype))
         elif dtype == np.bool_:
@@ -182,6 +191,26 @@ def time_invokes(invoke, runs, clock=time.perf_counter):
     return latencies
 
 
+def outputs_for(interpreter, samples, count=MAX_CHECKED):
+    """The first output's raw values for each of the first ``count`` samples, fed one at a time.
+
+    The host runs this same function on its own interpreter to compare (``edgecomp.devices.output_check``).
+    Returns None for a model with more than one input or a batch other than 1.
+    """
+    inputs = interpreter.get_input_details()
+    shape = [int(d) for d in inputs[0]["shape"]]
+    if len(inputs) != 1 or shape[0] != 1:
+        return None
+    output = interpreter.get_output_details()[0]
+    values = []
+    for sample in np.asarray(samples, dtype=np.float32).reshape((-1, *shape[1:]))[:count]:
+        interpreter.set_tensor(inputs[0]["index"], quantized(sample[None], inputs[0]))
+        interpreter.invoke()
+        values.append(interpreter.get_tensor(output["index"]).ravel().tolist())
+    scale, zero = output["quantization"]
+    return {"dtype": np.dtype(output["dtype"]).name, "scale": float(scale), "zero_point": int(zero), "values": values}
+
+
 def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=0):
     """Benchmarks ``model_path``; returns the result dict (see module docstring)."""
     module, runtime_name, runtime_version = _load_runtime()
@@ -205,7 +234,9 @@ def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=
         interpreter.invoke()
     latencies_ms = [value * 1e3 for value in time_invokes(interpreter.invoke, runs)]
     delegate = "XNNPACK" if "XNNPACK delegate" in log else "none"
+    outputs = outputs_for(interpreter, np.load(inputs_path, allow_pickle=False)) if inputs_path else None
     return {
+        "outputs": outputs,
         "threads": threads,
         "runs": runs,
         "warmup": warmup,
