@@ -11,24 +11,29 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from edgecomp import zoo
-from edgecomp._keras import KERAS3_HELP, ensure_tf_keras_model, keras
+from edgecomp import keras3, zoo
+from edgecomp._keras import ensure_tf_keras_model, keras
 from edgecomp.config import ModelSpec
 from edgecomp.errors import ConfigError, ModelError
 
-def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model"):
+log = logging.getLogger("edgecomp")
+
+def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model", samples=None):
     """Builds or loads the model a ``ModelSpec`` names.
 
     A builder ``"package.module:function"`` is called with ``**args``; if the function
     takes ``input_shape`` or ``num_classes`` and ``args`` does not set them, they are
     passed from the data. The current folder is importable, so a ``my_models.py``
-    next to the config works.
+    next to the config works. A Keras 3 model (built or loaded) is rebuilt in
+    tf_keras by ``edgecomp.keras3`` and proven to give the same outputs on
+    ``samples`` (real inputs; random ones when None).
 
     Raises:
         ConfigError: bad zoo name, arguments or builder path.
@@ -40,6 +45,8 @@ def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model"):
         model = _from_builder(spec, input_shape, num_classes, where)
     else:
         model = load(spec.path, trust=spec.trust, where=f"{where}.path")
+    if keras3.is_keras3_model(model):
+        model = _from_keras3(model, input_shape, samples, where)
     model = ensure_tf_keras_model(model, where)
     check_functional(model, where)
     expected = tuple(input_shape)
@@ -53,6 +60,15 @@ def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model"):
         )
     check_classifier_head(model, num_classes, expected, where)
     return model
+
+
+def _from_keras3(model, input_shape, samples, where: str):
+    if samples is None or len(samples) == 0:
+        samples = np.random.default_rng(0).normal(size=(8, *input_shape)).astype(np.float32)
+    rebuilt, report = keras3.to_tf_keras(model, np.asarray(samples[:32], dtype=np.float32))
+    log.info("%s: Keras 3 model rebuilt in tf_keras (%d layers); outputs identical within %.1g on %d samples",
+             where, report["layers"], report["max_difference"], min(len(samples), 32))
+    return rebuilt
 
 
 def check_classifier_head(model, num_classes: int, input_shape: tuple, where: str = "model") -> None:
@@ -117,7 +133,10 @@ def _from_builder(spec: ModelSpec, input_shape, num_classes: int, where: str):
 
 
 def load(path: str | Path, trust: bool = False, where: str = "model.path"):
-    """Loads a tf_keras model file (.keras, .h5 or SavedModel folder) without compiling it.
+    """Loads a model file (.keras, .h5 or SavedModel folder) without compiling it.
+
+    A file saved by Keras 3 is loaded by Keras 3 (after the same stored-code check)
+    and returned as a Keras 3 model; ``build`` rebuilds it in tf_keras.
 
     Safe by content, not by name: the format is told from the bytes the way tf_keras
     tells it (a zip archive named ``.keras``, else a folder is a SavedModel, else the
@@ -129,13 +148,16 @@ def load(path: str | Path, trust: bool = False, where: str = "model.path"):
     its safe mode on for every format, not only for ``.keras`` archives.
 
     Raises:
-        ModelError: missing file, a Keras 3 file, unsafe layers without ``trust``, an
-            unreadable config without ``trust``, or a file tf_keras cannot read.
+        ModelError: missing file, unsafe layers without ``trust``, an unreadable config
+            without ``trust``, or a file tf_keras (Keras 3, for a Keras 3 file) cannot read.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{where}: {str(path)!r} does not exist")
-    configs = _model_configs(path, where, strict=not trust)
+    try:
+        configs = _model_configs(path, where, strict=not trust)
+    except _Keras3File as saved_by:
+        return _load_keras3(path, trust, where, str(saved_by))
     if not trust:
         unsafe = set().union(*(stored_code(config) for config in configs))
         layers = sorted(unsafe & set(UNSAFE_LAYERS))
@@ -156,6 +178,40 @@ def load(path: str | Path, trust: bool = False, where: str = "model.path"):
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(f"{where}: tf_keras cannot load {path}: {message[:300]}") from None
     return model
+
+
+class _Keras3File(Exception):
+    """The file was saved by Keras 3 (the message is its version)."""
+
+
+def _load_keras3(path: Path, trust: bool, where: str, version: str):
+    """A Keras 3 ``.keras``/``.h5`` file, loaded by Keras 3 after the same stored-code check; ``build`` bridges it."""
+    configs = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" in archive.namelist():
+                configs.append(json.loads(archive.read("config.json")))
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            raw = handle.attrs.get("model_config")
+        if raw is not None:
+            configs.append(json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw))
+    if not configs and not trust:
+        raise ModelError(f"{where}: {path} (Keras {version}) has no readable model config; edgecomp reads it before "
+                         "loading to refuse stored code")
+    unsafe = set().union(*(stored_code(config) for config in configs)) if configs else set()
+    if unsafe and not trust:
+        raise ModelError(f"{where}: {path} contains {', '.join(sorted(unsafe))}, which runs code stored in the file; "
+                         "load it only if you trust its origin, with model.trust: true (or --trust_model)")
+    import keras as keras3_package
+
+    try:
+        return keras3_package.saving.load_model(path, compile=False, safe_mode=not trust)
+    except Exception as error:  # noqa: BLE001 - any loader failure is the file's fault
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"{where}: Keras {version} cannot load {path}: {message[:300]}") from None
 
 
 # Layers whose loading runs Python code stored in the file (Lambda: marshalled byte
@@ -208,7 +264,7 @@ def _model_configs(path: Path, where: str, strict: bool) -> list:
     Mirrors ``tf_keras.models.load_model``: a zip archive whose name ends in ``.keras``
     is a Keras v3 archive (``config.json``), a folder is a SavedModel (Keras metadata
     in ``keras_metadata.pb`` or in ``saved_model.pb``), and anything else is opened as
-    HDF5 (root attribute ``model_config``) whatever its name. Rejects Keras 3 files.
+    HDF5 (root attribute ``model_config``) whatever its name. A Keras 3 file raises ``_Keras3File``.
     With ``strict``, a config that cannot be read is a ``ModelError``.
     """
     import h5py
@@ -253,7 +309,7 @@ def _model_configs(path: Path, where: str, strict: bool) -> list:
         if isinstance(version, bytes):
             version = version.decode("utf-8", "replace")
         if version and str(version).startswith("3"):
-            raise ModelError(f"{where}: {path} was saved by Keras {version}; {KERAS3_HELP}")
+            raise _Keras3File(str(version))
         if raw is None:
             unreadable("the HDF5 file has no model_config (a weights-only file?)")
         else:
@@ -271,7 +327,7 @@ def _keras_archive_configs(path: Path, where: str, parse, unreadable, named: boo
                 except (ValueError, AttributeError, RuntimeError):
                     version = None
                 if version and str(version).startswith("3"):
-                    raise ModelError(f"{where}: {path} was saved by Keras {version}; {KERAS3_HELP}")
+                    raise _Keras3File(str(version))
             if not named:
                 raise ModelError(f"{where}: {path} is a .keras zip archive, but tf_keras reads archives only "
                                  "under a name ending in .keras; rename it")

@@ -224,7 +224,8 @@ def _prepare_run_dir(cfg: Config) -> Path:
 
 def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
     started = time.time()
-    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
+    samples = dataset.x_val if len(dataset.x_val) else dataset.x_train
+    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes, samples=samples[:32])
     log.info("baseline: %s, %s params, training %d epochs", model.name, f"{models.count_params(model):,}",
              cfg.train.epochs)
     history = training.fit(

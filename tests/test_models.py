@@ -1,4 +1,4 @@
-"""Models from zoo, file and builder; Keras 3 and subclassed models get clear errors."""
+"""Models from zoo, file and builder; subclassed models get clear errors (Keras 3: tests/test_keras3.py)."""
 
 import numpy as np
 import pytest
@@ -84,25 +84,6 @@ def test_subclassed_model_is_rejected_with_the_fix():
     spec = config.ModelSpec(builder="tests.custom_models:subclassed")
     with pytest.raises(ModelError, match="subclassed model .* needs a functional or Sequential"):
         models.build(spec, (6, 6, 1), 3)
-
-
-def test_keras3_model_object_is_rejected():
-    import keras as keras3  # Keras 3, installed with TensorFlow
-
-    model = keras3.Sequential([keras3.layers.Input((4,)), keras3.layers.Dense(2)])
-    from edgecomp._keras import ensure_tf_keras_model
-
-    with pytest.raises(ModelError, match="Keras 3 model .* tf_keras"):
-        ensure_tf_keras_model(model)
-
-
-def test_keras3_model_file_is_rejected(tmp_path):
-    import keras as keras3
-
-    path = tmp_path / "k3.keras"
-    keras3.Sequential([keras3.layers.Input((4,)), keras3.layers.Dense(2)]).save(path)
-    with pytest.raises(ModelError, match="saved by Keras 3"):
-        models.load(path)
 
 
 def test_model_file_round_trip_and_lambda_needs_trust(tmp_path):
