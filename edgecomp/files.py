@@ -66,8 +66,18 @@ def disk_error(error: BaseException) -> Optional[OutputError]:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: str | Path, content: bytes) -> Path:
     """Writes ``content`` to ``path`` atomically (temp file, fsync, rename).
+
+    The file gets the mode a plain ``open`` would give it (0644 under umask 022),
+    not ``mkstemp``'s 0600: a web server, a Docker host or an Android build must
+    be able to read what edgecomp wrote.
 
     Raises:
         OutputError: the folder cannot be created or written, or the disk is full.
@@ -80,6 +90,7 @@ def write_bytes(path: str | Path, content: bytes) -> Path:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content)
                 stream.flush()
+                os.fchmod(stream.fileno(), 0o666 & ~_umask())
                 os.fsync(stream.fileno())
             os.replace(temp, path)
         except BaseException:
@@ -112,6 +123,7 @@ def write_dir(folder: str | Path, contents: Mapping[str, bytes]) -> Path:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        os.chmod(temp, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the finished folder from other users
         for name, content in contents.items():
             with open(temp / name, "wb") as stream:
                 stream.write(content)

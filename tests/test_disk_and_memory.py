@@ -165,3 +165,15 @@ def test_evaluation_streams_a_memory_mapped_test_split(tmp_path, converted):
     assert peak < x.nbytes / 10, f"evaluation allocated {peak:,} bytes for a {x.nbytes:,}-byte test split"
     outputs = runtime.predict(content, np.asarray(x))
     assert streamed == {"accuracy": float(np.mean(outputs.argmax(-1) == y)), "samples": len(x)}
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_get_the_modes_the_umask_gives_not_the_temporary_files_0600(tmp_path, umask, file_mode, folder_mode):
+    previous = os.umask(umask)
+    try:
+        path = files.write_bytes(tmp_path / "model.tflite", b"TFL3")
+        folder = files.write_dir(tmp_path / "checkpoint", {"model.h5": b"x"})
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == file_mode
+    assert folder.stat().st_mode & 0o777 == folder_mode
