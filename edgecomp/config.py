@@ -529,7 +529,7 @@ class BenchmarkConfig(_Strict):
 
 
 class Config(_Strict):
-    """The whole run configuration (DESIGN.md §4)."""
+    """The whole run configuration."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"0..{MAX_SEED} (2**31 - 1)")
