@@ -327,6 +327,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         content = micro.strip_strings(content)
         stripped -= len(content)
     path = files.write_bytes(run_dir / relative, content)
+    files.write_text(path.parent / "labels.txt", "".join(f"{name}\n" for name in class_labels(dataset)))
     record = TargetRecord(
         target=target, quantization=quantization, path=relative, size_bytes=path.stat().st_size,
         gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics={},
@@ -368,6 +369,12 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     if target not in ("micro", "edgetpu", "gpu"):
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
     return record
+
+
+def class_labels(dataset) -> list[str]:
+    """One label per output index: the data's class names (image folders), else the index itself."""
+    names = list(dataset.class_names)
+    return names if len(names) == dataset.num_classes else [str(index) for index in range(dataset.num_classes)]
 
 
 def failed_rules(record: TargetRecord) -> str:

@@ -36,6 +36,8 @@ def test_run_writes_the_documented_layout(tiny_run):
                      "edgetpu/model.tflite"):
         assert (run_dir / relative).is_file(), relative
     assert config.load(run_dir / "config.yaml") == cfg
+    for folder in ("reference", "cpu", "micro", "edgetpu"):   # output index -> class name, beside every file
+        assert (run_dir / folder / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
 
 
 def test_report_json_has_the_contract_keys(tiny_run):
