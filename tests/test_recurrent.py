@@ -58,3 +58,10 @@ def test_qat_of_a_recurrent_model_falls_back_to_post_training_int8_with_the_reas
     returned, record = stages.apply("quantize", model, config.QuantizeConfig(epochs=1), context)
     assert record.details["fallback"] == "post-training quantization"
     assert "recurrent layers (recurrent)" in record.details["error"]
+
+
+def test_the_accuracy_guard_can_rank_the_layers_of_a_recurrent_model(mnist1d):
+    from edgecomp.targets import accuracy_guard
+
+    ranking = accuracy_guard.layer_errors(recurrent_net("GRU"), mnist1d.x_train[:20])   # the debugger converts too
+    assert ranking and all(row["scale"] > 0 for row in ranking)

@@ -47,7 +47,7 @@ from edgecomp import runtime
 from edgecomp._keras import tf
 from edgecomp.data import representative_dataset
 from edgecomp.errors import ModelError
-from edgecomp.targets.convert import convert
+from edgecomp.targets.convert import convert, unrolled
 
 log = logging.getLogger("edgecomp")
 TOP_LAYERS = 10
@@ -64,7 +64,7 @@ LATENCY_RUNS = 30        # timed invocations per file when comparing an alternat
 
 
 def _converter(model, calibration: np.ndarray):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(unrolled(model))   # recurrent layers: see convert
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(calibration)
     return converter
