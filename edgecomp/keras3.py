@@ -93,6 +93,19 @@ class _HardActivation:
 HARD_ACTIVATIONS = ("hard_sigmoid", "hard_silu", "hard_swish")
 
 
+def _keras3_default(class_name: str, key: str):
+    """The default of argument ``key`` of Keras 3's layer ``class_name`` (a sentinel when it has none)."""
+    import inspect
+
+    import keras as keras_3
+
+    try:
+        parameter = inspect.signature(getattr(keras_3.layers, class_name).__init__).parameters.get(key)
+    except (AttributeError, TypeError, ValueError):
+        parameter = None
+    return parameter.default if parameter is not None else object()
+
+
 def _layer(class_name: str, config: dict, name: str):
     """The tf_keras layer for a Keras 3 layer config; drops Keras 3-only arguments left at their defaults."""
     if class_name == "InputLayer":
@@ -109,6 +122,12 @@ def _layer(class_name: str, config: dict, name: str):
         except TypeError as error:
             match = re.search(r"unexpected keyword argument '(\w+)'|argument not understood:', '(\w+)'", str(error))
             key = match and (match.group(1) or match.group(2))
+            # data_format defaults to None, resolved to the (channels-last) image data format when written.
+            default = "channels_last" if key == "data_format" else _keras3_default(class_name, key)
+            if key and key in config and config[key] == default:
+                config = {k: v for k, v in config.items() if k != key}   # Keras 3 wrote its own default
+                dropped.add(key)
+                continue
             if not key or key in dropped:
                 raise ModelError(f"Keras 3 model: layer '{name}' ({class_name}) cannot be rebuilt in tf_keras: "
                                  f"{str(error).splitlines()[-1][:300]}") from None
@@ -182,6 +201,8 @@ def _graph(model) -> dict:
 
 
 def _output_refs(value) -> list[tuple[str, int, int]]:
+    if isinstance(value, dict):
+        raise ModelError("Keras 3 model: inputs or outputs given as a dict; use a list")
     if isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str):
         return [(value[0], int(value[1]), int(value[2]))]
     return [ref for item in value for ref in _output_refs(item)]
@@ -195,7 +216,7 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
         samples: real inputs; both models must agree on them.
 
     Returns:
-        ``(tf_keras model, {"layers": count, "dropped_arguments": [...], "max_difference": float})``.
+        ``(tf_keras model, {"layers": count, "max_difference": float})``.
 
     Raises:
         ModelError: a subclassed model, a layer or argument tf_keras lacks, a weight
@@ -230,12 +251,18 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
             if _references(node.get("kwargs", {})):
                 raise ModelError(f"Keras 3 model: layer '{name}' ({class_name}) takes tensors as keyword "
                                  "arguments, which the bridge does not rebuild")
+            missing = [ref[0] for ref in refs if ref not in tensors]
+            if missing:
+                raise ModelError(f"Keras 3 model: layer '{name}' is called on '{missing[0]}' before that is built "
+                                 "(a layer shared across the graph); the bridge rebuilds layers called in order")
             inputs = [tensors[ref] for ref in refs]
             args = node.get("args", [])
             # A merge takes one list; Keras 3's tensor operators (x * y) record two positional tensors.
             as_list = (len(args) == 1 and isinstance(args[0], (list, tuple))) or \
                 (len(inputs) > 1 and isinstance(layer, keras.layers.Layer) and hasattr(layer, "_merge_function"))
-            kwargs = {key: value for key, value in node.get("kwargs", {}).items() if value is not None}
+            # Keras 3 records the symbolic call's ``training`` (RandomFlip: True); pinning it would flip at inference.
+            kwargs = {key: value for key, value in node.get("kwargs", {}).items()
+                      if value is not None and key != "training"}
             outputs = layer(inputs if as_list else inputs[0], **kwargs) if len(inputs) == 1 or as_list \
                 else layer(*inputs, **kwargs)
             for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
@@ -253,7 +280,11 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
             raise ModelError(f"Keras 3 model: layer '{name}' has weights {[w.shape for w in source]} in Keras 3 "
                              f"but {[w.shape for w in target]} rebuilt in tf_keras")
         layer.set_weights(source)
-    difference = _max_difference(model, rebuilt, samples)
+    try:
+        difference = _max_difference(model, rebuilt, samples)
+    except Exception as error:  # noqa: BLE001 - either model refusing the samples is the model/data mismatch
+        raise ModelError(f"Keras 3 model: running it on the data's samples {samples.shape} failed: "
+                         f"{str(error).splitlines()[0][:200] if str(error) else type(error).__name__}") from None
     if not difference <= TOLERANCE:
         raise ModelError(f"Keras 3 model: the tf_keras rebuild's outputs differ from the original's by "
                          f"{difference:.3g} (relative) on real samples, above {TOLERANCE:g}; it is not used")

@@ -63,6 +63,13 @@ def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model", 
 
 
 def _from_keras3(model, input_shape, samples, where: str):
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise ModelError(f"{where} has {len(inputs)} inputs; edgecomp supports single-input models")
+    got = tuple(model.inputs[0].shape[1:])
+    if got != tuple(input_shape) and not any(d is None for d in got):
+        raise ModelError(f"{where} expects input shape {got} but the data has {tuple(input_shape)}; "
+                         "change data.image_size/channels or the model's Input")
     if samples is None or len(samples) == 0:
         samples = np.random.default_rng(0).normal(size=(8, *input_shape)).astype(np.float32)
     rebuilt, report = keras3.to_tf_keras(model, np.asarray(samples[:32], dtype=np.float32))
@@ -187,17 +194,23 @@ class _Keras3File(Exception):
 def _load_keras3(path: Path, trust: bool, where: str, version: str):
     """A Keras 3 ``.keras``/``.h5`` file, loaded by Keras 3 after the same stored-code check; ``build`` bridges it."""
     configs = []
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if "config.json" in archive.namelist():
-                configs.append(json.loads(archive.read("config.json")))
-    else:
-        import h5py
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                info = next((i for i in archive.infolist() if i.filename == "config.json"), None)
+                if info is not None and info.file_size <= _MAX_CONFIG_BYTES:
+                    configs.append(json.loads(archive.read(info)))
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as handle:
-            raw = handle.attrs.get("model_config")
-        if raw is not None:
-            configs.append(json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw))
+            with h5py.File(path, "r") as handle:
+                raw = handle.attrs.get("model_config")
+            if raw is not None:
+                configs.append(json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw))
+    except (ValueError, OSError, RuntimeError, zipfile.BadZipFile) as error:
+        if not trust:
+            raise ModelError(f"{where}: {path} (Keras {version}): its model config cannot be read "
+                             f"({str(error)[:200]})") from None
     if not configs and not trust:
         raise ModelError(f"{where}: {path} (Keras {version}) has no readable model config; edgecomp reads it before "
                          "loading to refuse stored code")

@@ -519,11 +519,15 @@ def _benchmark(cfg: Config, path: Path, samples: np.ndarray, record: TargetRecor
 
 
 def _output_rule(record: TargetRecord, spec: str, threads: int, check: dict) -> None:
-    """Rule ``outputs_on_<device>``: the device computed what this machine does (within tolerance)."""
+    """Rule ``outputs_on_<device>``: the device computed what this machine does (within tolerance).
+
+    Only ``wrong`` (a top class changed) fails; ``differs`` (beyond tolerance, same classes) is a warning.
+    """
     ok = check["verdict"] != "wrong"
     name = f"outputs_on_{spec.split('://')[0]}"
     detail = f"{spec}, {threads} thread(s): {output_check.describe(check)}"
-    (log.info if ok else log.error)("%s: %s", record.target, detail)
+    (log.error if not ok else log.warning if check["verdict"] == "differs" else log.info)("%s: %s", record.target,
+                                                                                       detail)
     details = record.compatibility.setdefault("details", {})
     details.setdefault("rules", []).append({"rule": name, "ok": ok, "detail": detail})
     record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and ok

@@ -80,3 +80,14 @@ def test_keras3_builder_runs_through_prune_qat_and_int8(tmp_path):
     result = run_cli("edgecomp.train", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Keras 3 model rebuilt in tf_keras" in result.stderr
+
+
+def test_arguments_keras3_writes_at_their_defaults_are_dropped_and_a_shape_mismatch_is_one_error():
+    inputs = k3.Input((8, 8, 1))
+    x = k3.layers.Resizing(8, 8, name="resize")(inputs)        # writes data_format and fill_mode defaults
+    x = k3.layers.RandomFlip(name="flip")(x)
+    model = k3.Model(inputs, k3.layers.Dense(3)(k3.layers.Flatten()(x)))
+    rebuilt, report = keras3.to_tf_keras(model, samples((8, 8, 1)))
+    assert report["max_difference"] <= keras3.TOLERANCE
+    with pytest.raises(ModelError, match=r"expects input shape \(8, 8, 1\) but the data has \(40, 1\)"):
+        models._from_keras3(model, (40, 1), None, "model")

@@ -212,3 +212,14 @@ def test_prune_then_qat_keeps_zeros_of_a_rewritten_conv1d_in_the_file(tmp_path):
     dilated = [t for t in tensors if t["op"] == "CONV_2D" and t["shape"][1:3] == [5, 1]]
     assert len(dilated) == 1, tensors   # the (5, 1) kernel: tfmot's own prune-preserving quantizer kept its zeros
     assert dilated[0]["sparsity"] >= 0.79, dilated
+
+
+def test_a_shared_separable_conv_is_left_with_a_reason_not_rewritten():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    shared = keras.layers.SeparableConv2D(4, 3, padding="same", name="shared")
+    x = keras.layers.GlobalAveragePooling2D()(shared(shared(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    prepared, report = prepare.prepare_for_qat(model, np.zeros((2, 8, 8, 4), np.float32))
+    assert prepared is model
+    assert report["left"] == [{"layer": "shared", "reason": "SeparableConv2D called 2 times (a shared layer)"}]

@@ -403,7 +403,8 @@ def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
             rewritten.append({"layer": name, "from": f"TFOpLambda({entry['config'].get('function')})",
                               "to": _describe(new_entry)})
         elif kind in LAYER_REWRITES and type(by_name.get(name)).__name__ == kind:
-            result = LAYER_REWRITES[kind](entry, by_name[name])
+            result = LAYER_REWRITES[kind](entry, by_name[name]) if len(entry.get("inbound_nodes", [])) == 1 \
+                else f"{kind} called {len(entry.get('inbound_nodes', []))} times (a shared layer)"
             if isinstance(result, str):
                 report["left"].append({"layer": name, "reason": result})
                 layers.append(entry)

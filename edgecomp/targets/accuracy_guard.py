@@ -129,7 +129,7 @@ def better(step: dict, float_layers: int, best: dict, best_float_layers: int, sa
     """
     gain = best["drop_points"] - step["drop_points"]
     if step["size_bytes"] > size_cap:
-        return False, f"not adopted: over {MAX_SIZE_RATIO:g}x the plain int8 file's size"
+        return False, f"not adopted: over {MAX_SIZE_RATIO:g}x the plain int8 file's size" if gain > 0 else None
     costs_more = float_layers > best_float_layers or step["size_bytes"] > best["size_bytes"]
     if costs_more and gain < MIN_GAIN_SAMPLES * sample_points - 1e-9:
         return False, (f"not adopted: gains under {MIN_GAIN_SAMPLES} validation samples for a larger file"
@@ -255,16 +255,16 @@ def alternatives(model, calibration: np.ndarray, validation: tuple, test: tuple,
     sample = validation[0][:1]
     int8_latency = latency_ms(int8_content, sample)
     for quantization in ALTERNATIVES:
-        try:
+        try:   # an alternative is only offered: a file this runtime cannot build or run is reported, not raised
             content = convert(model, quantization, "float32", calibration)
+            accuracy = _validation_accuracy(content, validation)
+            test_accuracy = runtime.evaluate(content, *test, where="test")["accuracy"]
+            ratio = latency_ms(content, sample) / int8_latency if int8_latency > 0 else float("nan")
         except ModelError as error:
             log.info("accuracy guard: alternative %s: %s", quantization, error)
             rows.append({"quantization": quantization, "error": str(error)})
             continue
-        accuracy = _validation_accuracy(content, validation)
-        test_accuracy = runtime.evaluate(content, *test, where="test")["accuracy"]
         test_drop = (float_accuracy["test"] - test_accuracy) * 100
-        ratio = latency_ms(content, sample) / int8_latency if int8_latency > 0 else float("nan")
         rows.append({"quantization": quantization, "validation_accuracy": accuracy,
                      "drop_points": (float_accuracy["validation"] - accuracy) * 100, "test_accuracy": test_accuracy,
                      "test_drop_points": test_drop, "size_bytes": len(content), "latency_vs_int8": ratio,
