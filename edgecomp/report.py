@@ -168,7 +168,8 @@ def render(report: Report) -> str:
     for record in ([reference] if reference else []) + report.targets:
         label = "reference" if record is reference else record.target
         status = "pass" if record.compatibility.get("ok") else "FAIL"
-        lines.append(f"- **{label}** ({record.quantization}): {status}")
+        checked = record.compatibility.get("details", {}).get("checked")
+        lines.append(f"- **{label}** ({record.quantization}): {status}" + (f", checked {checked}" if checked else ""))
         for rule in record.compatibility.get("details", {}).get("rules", []):
             lines.append(f"  - {'ok' if rule['ok'] else 'FAILED'} `{rule['rule']}`: {rule['detail']}")
         plain_int8 = record.compatibility.get("details", {}).get("plain_int8_flash_bytes")

@@ -202,6 +202,7 @@ def test_absent_compiler_is_reported_not_failed(tiny_int8, tiny_dataset, tmp_pat
                                                   tiny_dataset.x_test[:20], tiny_dataset.y_test[:20])
     assert compatibility["ok"]
     assert compatibility["details"]["compiler"]["available"] is False
+    assert compatibility["details"]["checked"] == "statically (edgetpu_compiler not installed)"
     assert any(item["layer"] == "edgetpu_compiler" and "not on PATH" in item["reason"] for item in skipped)
     assert metrics["samples"] == 20 and 0.0 <= metrics["accuracy"] <= 1.0
 
@@ -231,6 +232,17 @@ def test_compiler_on_path_is_run_and_its_model_and_log_are_kept(tiny_int8, tmp_p
     assert result["model"] == "model_edgetpu.tflite" and result["log"] == "model_edgetpu.log"
     assert result["ops_on_tpu"] == 50 and result["on_chip_bytes"] == 619008
     assert (path.parent / "edgetpu_compiler.txt").read_text().startswith("# source:")
+
+
+def test_a_compiler_that_exits_0_but_says_nothing_fails_compiles(tiny_int8, tiny_dataset, tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tiny_int8)
+    silent = _fake_compiler(tmp_path, "print('Edge TPU Compiler version 16.0.384591198')")
+    compatibility, _, _ = edgetpu.run(tiny_int8, _params(compiler=str(silent)), path,
+                                      tiny_dataset.x_test[:5], tiny_dataset.y_test[:5])
+    assert not compatibility["ok"]
+    assert "exited 0 but wrote no compiled model" in _failed(compatibility)["compiles"]
+    assert compatibility["details"]["checked"].endswith("which failed")
 
 
 def test_compiler_failure_and_timeout_are_recorded_not_raised(tiny_int8, tiny_dataset, tmp_path):

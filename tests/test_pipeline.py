@@ -124,3 +124,5 @@ def test_edgetpu_target_maps_fully_and_says_the_compiler_was_not_run(tiny_run):
     assert record.compatibility["details"]["mapping"]["mac_share_on_tpu"] == 1.0
     assert any(item["layer"] == "edgetpu_compiler" for item in record.skipped)
     assert not record.benchmarks
+    markdown = (tiny_run[0].run_dir / "report.md").read_text()
+    assert "- **edgetpu** (int8): pass, checked statically (edgetpu_compiler not installed)" in markdown

@@ -526,10 +526,17 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
     if compatibility["ok"]:
         compiled = compile_model(path, params.compiler, params.compiler_timeout_s)
         compatibility["details"]["compiler"] = compiled
+        incomplete = compiled.get("available") and not compiled.get("error") and (
+            not compiled.get("model") or compiled.get("ops_on_tpu") is None)
+        if incomplete:   # exit 0 is not enough: the compiled file and the op counts must be there
+            compiled["error"] = (f"{params.compiler} exited 0 but wrote no compiled model" if not compiled.get("model")
+                                 else f"{params.compiler} printed no op counts; the mapping cannot be confirmed")
         if compiled.get("error"):
             compatibility["ok"] = False
             compatibility["details"]["rules"].append(_rule("compiles", False, compiled["error"]))
+            compatibility["details"]["checked"] = f"by {params.compiler}, which failed"
         elif compiled.get("available"):
+            compatibility["details"]["checked"] = f"compiled by edgetpu_compiler {compiled.get('version') or ''}".strip()
             on_cpu = compiled.get("ops_on_cpu") or 0
             compatibility["details"]["rules"].append(_rule(
                 "compiles", on_cpu == 0,
@@ -539,8 +546,10 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
             compatibility["ok"] = all(r["ok"] for r in compatibility["details"]["rules"])
         else:
             skipped.append({"layer": "edgetpu_compiler", "reason": compiled["note"]})
+            compatibility["details"]["checked"] = "statically (edgetpu_compiler not installed)"
     else:
         skipped.append({"layer": "edgetpu_compiler", "reason": "not run: the file fails the Edge TPU rules above"})
+        compatibility["details"]["checked"] = "statically (the compiler was not run: the rules failed)"
     metrics = runtime.evaluate(content, x_test, y_test, where=str(path))
     return compatibility, metrics, skipped
 
