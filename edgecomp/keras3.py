@@ -32,11 +32,6 @@ POLICIES = ("DTypePolicy", "FloatDTypePolicy", "Policy")
 TENSOR = "__keras_tensor__"
 
 
-def is_keras3_model(model) -> bool:
-    module = type(model).__module__ or ""
-    return module == "keras" or module.startswith(("keras.", "keras.src"))
-
-
 def _plain(value):
     """A Keras 3 config value in tf_keras's form: ``{"module", "class_name", "config"}`` wrappers unwrapped."""
     if isinstance(value, dict):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecomp import keras3, zoo
-from edgecomp._keras import ensure_tf_keras_model, keras
+from edgecomp._keras import ensure_tf_keras_model, is_keras3_object, keras
 from edgecomp.config import ModelSpec
 from edgecomp.errors import ConfigError, ModelError
 
@@ -45,31 +45,28 @@ def build(spec: ModelSpec, input_shape, num_classes: int, where: str = "model", 
         model = _from_builder(spec, input_shape, num_classes, where)
     else:
         model = load(spec.path, trust=spec.trust, where=f"{where}.path")
-    if keras3.is_keras3_model(model):
+    if is_keras3_object(model):
         model = _from_keras3(model, input_shape, samples, where)
     model = ensure_tf_keras_model(model, where)
     check_functional(model, where)
-    expected = tuple(input_shape)
-    got = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
-    if got is None:
-        raise ModelError(f"{where} has {len(model.inputs)} inputs; edgecomp supports single-input models")
-    if got != expected and not any(d is None for d in got):
-        raise ModelError(
-            f"{where} expects input shape {got} but the data has {expected}; "
-            "change data.image_size/channels or the model's Input"
-        )
-    check_classifier_head(model, num_classes, expected, where)
+    _check_input(model, input_shape, where)
+    check_classifier_head(model, num_classes, tuple(input_shape), where)
     return model
 
 
-def _from_keras3(model, input_shape, samples, where: str):
+def _check_input(model, input_shape, where: str) -> None:
+    """One input whose shape fits the data's (a Keras 3 or tf_keras model)."""
     inputs = getattr(model, "inputs", None) or []
     if len(inputs) != 1:
         raise ModelError(f"{where} has {len(inputs)} inputs; edgecomp supports single-input models")
-    got = tuple(model.inputs[0].shape[1:])
-    if got != tuple(input_shape) and not any(d is None for d in got):
-        raise ModelError(f"{where} expects input shape {got} but the data has {tuple(input_shape)}; "
+    got, expected = tuple(inputs[0].shape[1:]), tuple(input_shape)
+    if got != expected and not any(d is None for d in got):
+        raise ModelError(f"{where} expects input shape {got} but the data has {expected}; "
                          "change data.image_size/channels or the model's Input")
+
+
+def _from_keras3(model, input_shape, samples, where: str):
+    _check_input(model, input_shape, where)   # before the bridge runs it on the data's samples
     if samples is None or len(samples) == 0:
         samples = np.random.default_rng(0).normal(size=(8, *input_shape)).astype(np.float32)
     rebuilt, report = keras3.to_tf_keras(model, np.asarray(samples[:32], dtype=np.float32))
@@ -380,6 +377,13 @@ def _saved_model_configs(path: Path, parse, unreadable) -> None:
         for node_id, node in enumerate(graph.object_graph_def.nodes):
             if node.WhichOneof("kind") == "user_object" and node.user_object.metadata:
                 parse(node.user_object.metadata, f"the metadata of SavedModel object {node_id}")
+
+
+def as_functional(model):
+    """``model`` itself, or a functional model over a (built) Sequential model's layers."""
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
 
 
 def check_functional(model, where: str = "model") -> None:

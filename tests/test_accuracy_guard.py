@@ -51,6 +51,13 @@ def test_repair_climbs_every_rung_but_never_keeps_every_layer_float(tiny_model, 
         assert cpu.verify(result["content"], "int8", float_fallback=len(result["float_layers"]))["ok"]  # ...on purpose
 
 
+def _rendered(record: TargetRecord) -> str:
+    """report.md for ``record`` beside a float32 reference."""
+    reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
+                             {"ok": True, "details": {}})
+    return render(Report("x", "0", reference=reference, targets=[record]))
+
+
 def test_report_lists_guard_ranking_and_float_layers():
     record = TargetRecord("cpu", "int8", "cpu/model.tflite", 10, 5, {"accuracy": 0.9}, {"ok": True, "details": {}},
                           accuracy_guard={"drop_points": 0.5, "budget_points": 1.0, "within_budget": True,
@@ -60,9 +67,7 @@ def test_report_lists_guard_ranking_and_float_layers():
                                                      "size_bytes": 2048}],
                                           "layers": [{"tensor": "dense/MatMul", "op": "FULLY_CONNECTED",
                                                       "rmse_per_scale": 0.42}]})
-    reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
-                             {"ok": True, "details": {}})
-    text = render(Report("x", "0", reference=reference, targets=[record]))
+    text = _rendered(record)
     assert "1 layer(s) kept float: `dense/MatMul`" in text
     assert "| `dense/MatMul` | FULLY_CONNECTED | 0.420 |" in text
     assert "repaired by keeping layers float" in text
@@ -78,9 +83,7 @@ def test_report_offers_the_measured_alternatives_with_their_latency_and_converte
                                                "drop_points": 0.25, "test_accuracy": 0.89, "test_drop_points": 0.5,
                                                "size_bytes": 3072, "latency_vs_int8": 2.5, "within_budget": True},
                                               {"quantization": "dynamic", "error": "TFLite conversion failed: x"}]})
-    reference = TargetRecord("reference", "float32", "reference/model.tflite", 20, 10, {"accuracy": 0.91},
-                             {"ok": True, "details": {}})
-    text = render(Report("x", "0", reference=reference, targets=[record]))
+    text = _rendered(record)
     assert "| int16x8 | 0.9000 | +0.25 pt | 0.8900 | +0.50 pt | 3.0 KB | 2.50× |" in text
     assert "| dynamic | – | – | – | – | – | TFLite conversion failed: x |" in text
     assert "OVER BUDGET" in text

@@ -6,7 +6,7 @@ import yaml
 
 from conftest import run_cli
 from edgecomp import config, keras3, models
-from edgecomp._keras import keras
+from edgecomp._keras import is_keras3_object, keras
 from edgecomp.errors import ModelError
 
 k3 = pytest.importorskip("keras")   # Keras 3, installed with TensorFlow
@@ -56,7 +56,7 @@ def test_keras3_file_and_builder_go_through_build(tmp_path):
     path = tmp_path / "k3.keras"
     branched().save(path)
     loaded = models.load(path)
-    assert keras3.is_keras3_model(loaded)   # load gives the Keras 3 model; build bridges it
+    assert is_keras3_object(loaded)   # load gives the Keras 3 model; build bridges it
     model = models.build(config.ModelSpec(path=str(path)), (8, 8, 1), 10, samples=samples((8, 8, 1)))
     assert isinstance(model, keras.Model) and model.get_layer("head").units == 10
 

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 EXIT_NO_RUNTIME = 3
-MAX_CHECKED = 16   # samples of --inputs whose outputs are returned for the host to compare
 EXIT_BAD_MODEL = 4
+MAX_CHECKED = 16   # samples of --inputs whose outputs are returned for the host to compare
 
 
 def _load_runtime():

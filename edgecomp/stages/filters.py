@@ -382,13 +382,6 @@ def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig) -> tuple[d
 # ---- the rewrite -------------------------------------------------------------------------
 
 
-def _functional(model):
-    """``model`` itself, or a functional model over a Sequential model's layers."""
-    if isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    return model
-
-
 def rewrite(model, filter_plan: FilterPlan, masks: dict[int, np.ndarray]):
     """A new model with the masked channels removed and every consumer's weights sliced to match."""
     groups = filter_plan.groups
@@ -485,7 +478,7 @@ def prune_filters(model, params: PruneConfig):
         params and MACs before and after, totals, coupled groups) and the layers
         whose channels were kept, with why.
     """
-    source = _functional(model)
+    source = models.as_functional(model)
     filter_plan = plan(source)
     masks, group_rows = choose_masks(source, filter_plan, params)
     pruned = rewrite(source, filter_plan, masks)

@@ -59,6 +59,7 @@ import logging
 
 import numpy as np
 
+from edgecomp import models
 from edgecomp._keras import keras, tf
 
 log = logging.getLogger("edgecomp")
@@ -297,7 +298,7 @@ def _separable_rewrite(entry: dict, layer) -> tuple[list[dict], str, object] | s
 def _separable1d_rewrite(entry: dict, layer) -> tuple[list[dict], str, object] | str:
     """SeparableConv1D: the 2-D separable rewrite between the Conv1D rewrite's two reshapes."""
     config, name = entry["config"], entry["config"]["name"]
-    flat = _conv1d_rewrite({**entry, "config": {**config, "filters": config["filters"]}}, layer)
+    flat = _conv1d_rewrite(entry, layer)
     if isinstance(flat, str):
         return flat.replace("Conv1D", "SeparableConv1D")
     (to_2d, _, to_1d), output_name, _ = flat
@@ -344,26 +345,13 @@ def _renamed_references(value, old: str, new: str):
 
 def _functional_config(model) -> dict | str:
     """The model's functional config (a Sequential one read as its chain), or why there is none."""
+    if isinstance(model, keras.Sequential) and not model.built:
+        return "a Sequential model that is not built"
     try:
-        config = copy.deepcopy(model.get_config())
+        config = copy.deepcopy(models.as_functional(model).get_config())
     except NotImplementedError as error:
         return f"model config unavailable ({error})"
-    if "layers" in config and "input_layers" in config:
-        return config
-    if not isinstance(model, keras.Sequential) or not model.built:
-        return "not a functional or built Sequential model"
-    layers = list(config["layers"])
-    if not layers or layers[0]["class_name"] != "InputLayer":
-        layers.insert(0, {"class_name": "InputLayer", "config": {
-            "batch_input_shape": list(model.input_shape), "dtype": model.input.dtype.name,
-            "sparse": False, "ragged": False, "name": f"{model.name}_input"}})
-    previous = None
-    for layer in layers:
-        layer["name"] = layer["config"]["name"]
-        layer["inbound_nodes"] = [] if previous is None else [[[previous, 0, 0, {}]]]
-        previous = layer["name"]
-    return {"name": config["name"], "layers": layers, "input_layers": [[layers[0]["name"], 0, 0]],
-            "output_layers": [[previous, 0, 0]]}
+    return config if "layers" in config and "input_layers" in config else "not a functional or Sequential model"
 
 
 def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:

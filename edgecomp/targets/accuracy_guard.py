@@ -39,13 +39,13 @@ import csv
 import io
 import logging
 import math
-import time
 
 import numpy as np
 
 from edgecomp import runtime
 from edgecomp._keras import tf
 from edgecomp.data import representative_dataset
+from edgecomp.devices import agent
 from edgecomp.errors import ModelError
 from edgecomp.targets.convert import convert, unrolled
 
@@ -59,7 +59,7 @@ CANDIDATES = 8           # worst layers by RMSE/scale whose fallback is measured
 # split did not show.
 MIN_GAIN_SAMPLES = 2
 MAX_SIZE_RATIO = 2.0     # a float-fallback file may be at most this many times the plain int8 file's size
-ALTERNATIVES = ("int16x8", "dynamic")   # other cpu quantizations measured when no rung meets the budget
+ALTERNATIVES = ("int16x8", "dynamic")   # other cpu quantizations measured when the repaired file is over budget
 LATENCY_RUNS = 30        # timed invocations per file when comparing an alternative's latency with int8's
 
 
@@ -226,12 +226,7 @@ def latency_ms(content: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) -> 
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], runtime.quantize_input(sample[:1], detail))
     interpreter.invoke()   # warm-up: the first invocation prepares the delegate
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+    return float(np.median(agent.time_invokes(interpreter.invoke, runs))) * 1000
 
 
 def alternatives(model, calibration: np.ndarray, validation: tuple, test: tuple, float_accuracy: dict,

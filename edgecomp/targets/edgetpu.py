@@ -503,6 +503,11 @@ def compile_model(path: Path, compiler: str = COMPILER, timeout_s: float = 180.0
     result.update(available=True, command=command, returncode=done.returncode,
                   model=model_path.name if model_path.exists() else None,
                   log=log_path.name if log_path.exists() else None)
+    if not result["error"] and (result["model"] is None or result["ops_on_tpu"] is None):
+        # Exit 0 is not enough: the compiled file and the op counts must be there.
+        result["compiled"] = False
+        result["error"] = (f"{compiler} exited 0 but wrote no compiled model" if result["model"] is None
+                           else f"{compiler} printed no op counts; the mapping cannot be confirmed")
     return result
 
 
@@ -526,11 +531,6 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
     if compatibility["ok"]:
         compiled = compile_model(path, params.compiler, params.compiler_timeout_s)
         compatibility["details"]["compiler"] = compiled
-        incomplete = compiled.get("available") and not compiled.get("error") and (
-            not compiled.get("model") or compiled.get("ops_on_tpu") is None)
-        if incomplete:   # exit 0 is not enough: the compiled file and the op counts must be there
-            compiled["error"] = (f"{params.compiler} exited 0 but wrote no compiled model" if not compiled.get("model")
-                                 else f"{params.compiler} printed no op counts; the mapping cannot be confirmed")
         if compiled.get("error"):
             compatibility["ok"] = False
             compatibility["details"]["rules"].append(_rule("compiles", False, compiled["error"]))
