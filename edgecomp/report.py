@@ -224,8 +224,8 @@ def render(report: Report) -> str:
 def _outputs_cell(check: dict | None) -> str:
     if not check:
         return "–"
-    if check["verdict"] == "not checked":
-        return "not checked"
+    if check["verdict"] in ("not checked", "identical"):
+        return check["verdict"] + (f" ({check['samples']} samples)" if "samples" in check else "")
     if "max_steps" in check:
         return f"{check['verdict']} ({check['samples']} samples, max {check['max_steps']} step(s))"
     if "max_relative_difference" in check:
