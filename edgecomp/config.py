@@ -446,12 +446,22 @@ class MicroTargetConfig(_Strict):
     test_samples: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="test samples run in TFLM (default: all)")
     strip_strings: bool = Field(True, description="drop tensor names and signatures, which TFLM never reads, "
                                                   "from the file (about 100 bytes a tensor of flash)")
+    build: dict[Literal["host", "cortex_m4"], str] = Field(
+        default_factory=dict,
+        description="build the micro project and run its test samples: {host: TFLM tree} with g++, "
+                    "{cortex_m4: TFLM tree} with arm-none-eabi-gcc, run under qemu-system-arm; each tree is a "
+                    "create_tflm_tree.py export. The micro checks then use the build's flash and 32-bit arena")
 
     @model_validator(mode="after")
     def _board_known(self):
         if self.board not in BOARDS:
             raise ValueError(f"board {self.board!r} is unknown; allowed: {', '.join(BOARDS)} "
                              "(or give flash_kb and ram_kb)")
+        for target, tree in self.build.items():
+            if not (Path(tree).expanduser() / "tensorflow/lite/micro/micro_interpreter.h").is_file():
+                raise ValueError(f"build.{target}: {tree!r} is not a TFLM source tree (no "
+                                 "tensorflow/lite/micro/micro_interpreter.h); export one with tflite-micro's "
+                                 "create_tflm_tree.py")
         return self
 
     @property

@@ -26,9 +26,10 @@ from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
 from edgecomp.devices import open_configured, output_check
 from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedError
+from edgecomp.progress import Ticker
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, edgetpu, gpu, micro
+from edgecomp.targets import cpu, edgetpu, gpu, micro, micro_build, micro_project
 
 log = logging.getLogger("edgecomp")
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
@@ -349,6 +350,10 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
                          f"{len(content):,}", f"{len(compressed):,}")
         for source in micro.write_sources(sources, path.parent):
             log.info("%s: wrote %s", target, source)
+        lut = record.compatibility["details"].get("lut") or {}
+        arena = lut.get("arena_bytes") if sources is not content else record.compatibility["details"].get("arena_bytes")
+        if arena:
+            _micro_project(record, sources, params, path.parent, dataset, arena)
         record.skipped.append({"layer": "benchmark", "reason": "micro: host timings do not predict a "
                                                               "microcontroller; see the arena and flash figures"})
     elif target == "edgetpu":
@@ -369,6 +374,30 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     if target not in ("micro", "edgetpu", "gpu"):
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
     return record
+
+
+def _micro_project(record: TargetRecord, content: bytes, params, folder: Path, dataset, arena: int) -> None:
+    """Writes the micro project (API, example, Makefile); builds and runs it where ``build`` names a TFLM tree."""
+    count = micro_project.example_samples(record.io, dataset.x_test)
+    x, y = dataset.x_test[:count], dataset.y_test[:count]
+    try:
+        expected = micro.predict(content, x, arena, raw=True)
+    except ModelError as error:
+        log.error("micro: the example program's expected outputs could not be computed: %s", error)
+        return
+    micro_project.write_project(content, record.io, folder, x, y, expected, arena)
+    log.info("micro: wrote the project (edgecomp_model.h/.cc, main.cc, Makefile) with %d test samples", count)
+    if not params.build:
+        record.compatibility["details"]["checked"] = "in the Python TFLM interpreter only (no build: micro.build)"
+        return
+    with Ticker("micro: building and running the project for " + ", ".join(params.build)):
+        builds = micro_build.check(content, folder, dict(params.build), expected, y)
+    micro.apply_builds(record.compatibility, params, builds)
+    record.compatibility["details"]["checked"] = ("in the Python TFLM interpreter and by building and running "
+                                                  "for " + ", ".join(params.build))
+    for target, built in builds.items():
+        for rule in built["rules"]:
+            (log.info if rule["ok"] else log.error)("micro %s: %s: %s", target, rule["rule"], rule["detail"])
 
 
 def class_labels(dataset) -> list[str]:

@@ -146,7 +146,7 @@ def render(report: Report) -> str:
         p50 = _p50(record)
         lines.append(
             f"| {label} | {record.quantization} | {_kb(record.size_bytes)} | {_kb(record.gzip_bytes)} | "
-            f"{accuracy:.4f} | {delta} | {'–' if p50 is None else f'{p50:.4f} ms'} | "
+            f"{_figure(accuracy, '.4f')} | {delta} | {'–' if p50 is None else f'{p50:.4f} ms'} | "
             f"{_ratio(record.size_bytes, reference.size_bytes if reference else None)} | "
             f"{_ratio(record.gzip_bytes, reference.gzip_bytes if reference else None)} | "
             f"{_ratio(p50, ref_p50)} |"

@@ -4,8 +4,8 @@ TFLM can crash (segfault) instead of failing cleanly, e.g. when an arena is too
 small for a compressed model's decode buffers; in a child process that is an
 answer ("does not run"), not the end of the caller.
 
-Usage: ``--model m.tflite --inputs x.npy --arena BYTES [--outputs y.npy]``. Exit 0:
-ran (outputs written as float32, dequantized); exit 3: TFLM refused the model or
+Usage: ``--model m.tflite --inputs x.npy --arena BYTES [--outputs y.npy] [--raw]``. Exit 0:
+ran (outputs written as float32, dequantized, or as the output tensor's values with ``--raw``); exit 3: TFLM refused the model or
 arena.
 """
 
@@ -24,8 +24,8 @@ def _quantization(detail):
     return scale, zero
 
 
-def run(content: bytes, x: np.ndarray, arena: int) -> np.ndarray:
-    """Float outputs for every sample of ``x`` (first input and output)."""
+def run(content: bytes, x: np.ndarray, arena: int, raw: bool = False) -> np.ndarray:
+    """Float outputs for every sample of ``x`` (first input and output); the output tensor's own values if ``raw``."""
     from tflite_micro.python.tflite_micro import runtime as tflm
 
     interpreter = tflm.Interpreter.from_bytes(content, arena_size=arena)
@@ -42,9 +42,12 @@ def run(content: bytes, x: np.ndarray, arena: int) -> np.ndarray:
         interpreter.set_input(sample[np.newaxis].astype(dtype), 0)
         interpreter.invoke()
         out = interpreter.get_output(0)
-        if np.dtype(out.dtype).kind in "iu" and out_scale:
-            out = (out.astype(np.float32) - out_zero) * out_scale
-        outputs.append(out.astype(np.float32))
+        if raw:
+            outputs.append(np.array(out))
+        else:
+            if np.dtype(out.dtype).kind in "iu" and out_scale:
+                out = (out.astype(np.float32) - out_zero) * out_scale
+            outputs.append(out.astype(np.float32))
         interpreter.reset()
     return np.concatenate(outputs)
 
@@ -55,11 +58,12 @@ def main(argv=None) -> int:
     parser.add_argument("--inputs", required=True)
     parser.add_argument("--arena", type=int, required=True)
     parser.add_argument("--outputs")
+    parser.add_argument("--raw", action="store_true", help="write the output tensor's values, not dequantized")
     args = parser.parse_args(argv)
     with open(args.model, "rb") as handle:
         content = handle.read()
     try:
-        outputs = run(content, np.load(args.inputs), args.arena)
+        outputs = run(content, np.load(args.inputs), args.arena, args.raw)
     except (RuntimeError, ValueError) as error:
         print(f"TFLM refused: {error}", file=sys.stderr)
         return EXIT_REFUSED
