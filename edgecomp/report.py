@@ -208,6 +208,7 @@ def render(report: Report) -> str:
             )
     lines += _accuracy_steps_lines(report)
     lines += _guard_lines(report)
+    lines += _micro_lines(report)
     io_notes = [(r.target, r.io) for r in report.targets if any(d["dtype"] != "float32" for d in r.io.get("inputs", []))]
     if io_notes:
         lines += ["", "## Quantized inputs and outputs", "",
@@ -250,6 +251,40 @@ def _accuracy_steps_lines(report: Report) -> list[str]:
         cells = [f"{item['delta_points']:+.2f} pt" for item in steps.get("stages", [])]
         cells += [f"{steps[key]:+.2f} pt" if key in steps else "–" for key in ("conversion_points", "total_points")]
         lines.append(f"| {record.target} {record.quantization} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _micro_lines(report: Report) -> list[str]:
+    """Flash and RAM of each micro file: from a Cortex-M4 build where one ran, else estimated; what each build did."""
+    rows = [record for record in report.targets if record.target == "micro"
+            and record.compatibility.get("details", {}).get("arena_bytes")]
+    if not rows:
+        return []
+    lines = ["", "## Microcontroller", "",
+             "Flash = model + TFLM runtime and kernels; RAM = tensor arena + the program's static data. "
+             "*measured*: linked for a Cortex-M4 (arm-none-eabi-gcc -Os, newlib) and run under QEMU (mps2-an386), "
+             "which proves correctness and memory, not timing; *estimated*: the model's bytes plus a runtime "
+             "estimate, and the arena of the Python TFLM interpreter on this 64-bit host.", "",
+             "| variant | model | runtime + kernels | flash | arena | RAM | budget (flash / RAM) | figures | builds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for record in rows:
+        details = record.compatibility["details"]
+        builds = details.get("builds", {})
+        arm = builds.get("cortex_m4", {})
+        budget = details.get("budget_kb", {})
+        if "arena_used_bytes" in arm:
+            model, runtime = arm["model_bytes"], arm["runtime_bytes"]
+            arena = f"{arm['arena_used_bytes']:,} B (32-bit)"
+        else:
+            model, runtime = details["flash_bytes"], details.get("runtime_flash_estimate_bytes")
+            arena = f"{details['arena_bytes']:,} B (64-bit host)"
+        built = "; ".join(f"{target}: {build['samples']} samples byte-identical" if build.get("ok")
+                          else f"{target}: FAILED" for target, build in builds.items()) or "not built"
+        lines.append(
+            f"| {record.target} | {model:,} B | {'–' if runtime is None else f'{runtime:,} B'} | "
+            f"{'–' if runtime is None else f'{model + runtime:,} B'} | {arena} | {details.get('ram_bytes', 0):,} B | "
+            f"{budget.get('flash', '?')} KB / {budget.get('ram', '?')} KB | {details.get('figures', 'estimated')} | "
+            f"{built} |")
     return lines
 
 

@@ -75,8 +75,14 @@ def check_tree(tree: Path) -> Path:
 
 
 def _symbol_name(demangled: str) -> str:
-    """``tflite::ConvParamsQuantized(TfLiteConvParams const&, ...)`` → ``ConvParamsQuantized``."""
+    """``tflite::ConvParamsQuantized(TfLiteConvParams const&, ...)`` → ``ConvParamsQuantized``.
+
+    A class's vtable or typeinfo (``vtable for tflite::DecodeStateHuffman``) → ``DecodeStateHuffman::``:
+    it is emitted where the class's methods are defined.
+    """
     text = demangled.strip()
+    if text.startswith(("vtable for ", "typeinfo for ")):
+        return text.split()[-1].split("::")[-1] + "::"
     if text.endswith(")"):
         depth = 0
         for position in range(len(text) - 1, -1, -1):
@@ -89,8 +95,13 @@ def _symbol_name(demangled: str) -> str:
 
 
 def _defines(source: str, name: str) -> bool:
-    """Whether C/C++ ``source`` defines function or variable ``name`` (a line that begins with its type)."""
-    for match in re.finditer(rf"^[ \t]*(?:[\w:<>,*&]+[ \t*&]+)+{re.escape(name)}[ \t]*([(={{\[])", source, re.M):
+    """Whether C/C++ ``source`` defines function or variable ``name`` (a line that begins with its type).
+
+    ``Class::`` asks whether it defines a method of ``Class`` outside the class body.
+    """
+    if name.endswith("::"):
+        return re.search(rf"^[\w:<>*& \t]*\b{re.escape(name)}~?\w+[ \t]*\([^;]*$", source, re.M) is not None
+    for match in re.finditer(rf"^[ \t]*(?:[\w:<>,*&]+[ \t*&]+)+(?:\w+::)*{re.escape(name)}[ \t]*([(={{\[])", source, re.M):
         if match.group(0).lstrip().startswith(("return ", "else ")):
             continue
         if match.group(1) != "(":
@@ -115,6 +126,15 @@ def _definers(tree: Path, names: set[str], chosen: set[str]) -> dict[str, str]:
                 if name in text and _defines(text, name):
                     found[name] = relative
     return found
+
+
+def _first_error(log: str) -> str:
+    """The compiler's first error line, with what to do when it is a known gap of TFLM's source export."""
+    line = next((line.strip() for line in log.splitlines() if "error:" in line or "Error " in line), "see the log")
+    if "compression/metadata_saved.h" in line:
+        line += (" (a LUT-compressed model needs TFLM's compression sources: copy "
+                 "tensorflow/lite/micro/compression/metadata_saved.h from tflite-micro into the tree)")
+    return line
 
 
 def _make(folder: Path, tree: Path, target: str, variables: dict, goal: str = "all",
@@ -164,7 +184,7 @@ def build(folder: Path, tree: Path, target: str, build_dir: Path, library_cache:
         undefined = {_symbol_name(name) for name in re.findall(r"undefined reference to [`'](.+?)'", log)}
         undefined.discard("")
         if not undefined:
-            raise ModelError(f"the micro project does not build for {target}:\n{log[-3000:]}")
+            raise ModelError(f"the micro project does not build for {target}: {_first_error(log)}\n{log[-3000:]}")
         found = _definers(tree, undefined, set(chosen))
         if not found:
             raise ModelError(f"the micro project does not link for {target}: no source in {tree} defines "

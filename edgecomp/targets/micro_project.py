@@ -365,15 +365,18 @@ APP_OBJS := $(foreach src,$(APP_SRCS),$(call object,$(src),$(BUILD)))
 CORE_OBJS := $(foreach src,$(CORE_SRCS),$(call object,$(src),$(LIB_BUILD)))
 KERNEL_OBJS := $(foreach src,$(KERNEL_SRCS),$(call object,$(src),$(LIB_BUILD)))
 
-.PHONY: all run size clean
+.PHONY: all run size clean FORCE
 all: $(PROGRAM)
 
 $(PROGRAM): $(APP_OBJS) $(BUILD)/libtflm.a
 	$(CXX) $(LDFLAGS) -o $@ $(APP_OBJS) $(BUILD)/libtflm.a -lm
 
-$(BUILD)/libtflm.a: $(CORE_OBJS) $(KERNEL_OBJS)
+# Archived again on every build: KERNEL_SRCS may name other objects than last time.
+$(BUILD)/libtflm.a: $(CORE_OBJS) $(KERNEL_OBJS) FORCE
 	@rm -f $@
-	$(AR) rcs $@ $^
+	$(AR) rcs $@ $(filter %.o,$^)
+
+FORCE:
 
 define compile_rule
 $(call object,$(1),$(2)): $(1)
