@@ -72,7 +72,7 @@ def test_every_tflm_builtin_op_gets_the_resolver_method_tflm_declares(host_tree,
     declared = {}
     for method, body in re.findall(r"TfLiteStatus (Add\w+)\((.*?)\n  }", header, re.S):
         operator = re.search(r"BuiltinOperator_(\w+)", body)
-        if operator and method != "AddBuiltin":
+        if operator and method not in ("AddBuiltin", "AddCustom"):   # AddCustom takes a name and a registration
             declared[operator.group(1)] = method
     assert len(declared) >= 90
     assert {op: micro.resolver_method(op) for op in declared} == declared

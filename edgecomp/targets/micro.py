@@ -155,10 +155,7 @@ def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test
 
     flash_kb, ram_kb = params.budget
     runtime_estimate = runtime_flash_estimate(len(op_names(content)))
-    flash = len(content) + runtime_estimate
-    rules.append(_rule("fits_flash", flash <= flash_kb * 1024,
-                       f"model {len(content) / 1024:.1f} KB + TFLM runtime and kernels ≈ {runtime_estimate / 1024:.0f} KB "
-                       f"(an estimate; build for cortex_m4 to measure) = {flash / 1024:.1f} KB of {flash_kb} KB flash"))
+    rules.append(fits_flash_estimate(len(content), runtime_estimate, flash_kb))
     ram = arena + ALIGNMENT
     rules.append(_rule("fits_ram", ram <= ram_kb * 1024,
                        f"arena {arena:,} B (the Python TFLM interpreter on this 64-bit host) + {ALIGNMENT} B "
@@ -185,6 +182,23 @@ RUNTIME_FLASH_PER_OP_BYTES = 7 * 1024
 def runtime_flash_estimate(op_count: int) -> int:
     """Estimated flash of TFLM's runtime and kernels for a model of ``op_count`` distinct ops."""
     return RUNTIME_FLASH_BASE_BYTES + RUNTIME_FLASH_PER_OP_BYTES * op_count
+
+
+def fits_flash_estimate(model_bytes: int, runtime_estimate: int, flash_kb: int) -> dict:
+    """The ``fits_flash`` rule from the model's bytes and an estimate of the runtime's."""
+    flash = model_bytes + runtime_estimate
+    return _rule("fits_flash", flash <= flash_kb * 1024,
+                 f"model {model_bytes / 1024:.1f} KB + TFLM runtime and kernels ≈ {runtime_estimate / 1024:.0f} KB "
+                 f"(an estimate; build for cortex_m4 to measure) = {flash / 1024:.1f} KB of {flash_kb} KB flash")
+
+
+def apply_lut(compatibility: dict, params: MicroTargetConfig, compressed: bytes) -> None:
+    """The verdict of a model whose sources carry the LUT-compressed file: ``fits_flash`` counts that file."""
+    details = compatibility["details"]
+    rule = fits_flash_estimate(len(compressed), details["runtime_flash_estimate_bytes"], params.budget[0])
+    details["rules"] = [rule if old["rule"] == "fits_flash" else old for old in details["rules"]]
+    details["flash_bytes"] = len(compressed)
+    compatibility["ok"] = all(old["ok"] for old in details["rules"])
 
 
 def apply_builds(compatibility: dict, params: MicroTargetConfig, builds: dict) -> None:
