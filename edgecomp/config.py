@@ -417,6 +417,8 @@ class GpuTargetConfig(_TargetBase):
     quantization: Literal["float16", "float32", "int8"] = Field(
         "float16", description="float16: the GPU's native format; int8: the delegate dequantizes it to float"
     )
+    strict: bool = Field(False, description="fail unless the GPU delegate would take the whole graph (default: ops "
+                                            "it refuses run on the CPU, reported as warnings with the figures)")
 
     @model_validator(mode="after")
     def _io_fits_quantization(self):

@@ -171,7 +171,8 @@ def render(report: Report) -> str:
         checked = record.compatibility.get("details", {}).get("checked")
         lines.append(f"- **{label}** ({record.quantization}): {status}" + (f", checked {checked}" if checked else ""))
         for rule in record.compatibility.get("details", {}).get("rules", []):
-            lines.append(f"  - {'ok' if rule['ok'] else 'FAILED'} `{rule['rule']}`: {rule['detail']}")
+            verdict = "FAILED" if not rule["ok"] else "WARNING" if rule.get("warning") else "ok"
+            lines.append(f"  - {verdict} `{rule['rule']}`: {rule['detail']}")
         plain_int8 = record.compatibility.get("details", {}).get("plain_int8_flash_bytes")
         if plain_int8:
             lines.append(f"  - flash {record.size_bytes:,} B, "

@@ -10,7 +10,8 @@ from edgecomp.errors import ConfigError
 from edgecomp.targets import gpu
 
 ANALYZER = Path(__file__).resolve().parent / "data" / "gpu_analyzer"
-STATIC_RULES = ["loads", "supported_ops", "tensor_rank", "static_shapes", "data_types", "io_type", "quantization"]
+STATIC_RULES = ["loads", "supported_ops", "tensor_rank", "static_shapes", "data_types", "delegation", "io_type",
+                "quantization"]
 
 
 def _failed(compatibility):
@@ -48,10 +49,11 @@ def test_float16_conv_model_passes_every_rule_and_says_checked_statically(conver
     assert any(note.startswith("checked statically") for note in details["notes"])
 
 
-def test_argmax_fails_naming_the_op_and_reason_while_cumsum_and_sin_pass():
-    compatibility = gpu.verify(_float16(_argmax_net()), "float16")
+def test_argmax_fails_under_strict_naming_the_op_and_reason_while_cumsum_and_sin_pass():
+    compatibility = gpu.verify(_float16(_argmax_net()), "float16", strict=True)
     failed = _failed(compatibility)
-    assert set(failed) == {"supported_ops", "data_types"}
+    assert set(failed) == {"supported_ops", "data_types", "delegation"}
+    assert "strict: true asks for the whole graph" in failed["delegation"]
     assert "ARG_MAX is not supported by the GPU delegate" in failed["supported_ops"]
     assert "int64" in failed["data_types"]
     reasons = {(u["op"], u["rule"]): u["reason"] for u in compatibility["details"]["unsupported"]}
@@ -64,10 +66,42 @@ def test_argmax_fails_naming_the_op_and_reason_while_cumsum_and_sin_pass():
     assert analyzer["ok"] and "missed" in analyzer["detail"]
 
 
+def test_a_partly_supported_graph_passes_with_warnings_and_the_delegates_figures_by_default():
+    """conv, cumsum, sin on the GPU; argmax, cast on the CPU; then reshape and dense on the GPU again."""
+    compatibility = gpu.verify(_float16(_argmax_net()), "float16", analyzer=False)
+    details = compatibility["details"]
+    assert compatibility["ok"], _failed(compatibility)
+    warned = {rule["rule"] for rule in details["rules"] if rule.get("warning")}
+    assert warned == {"supported_ops", "data_types", "delegation"}
+    found = details["delegation"]
+    supported = sum(op["on_gpu"] for op in details["ops"])
+    assert found["ops_supported"] == supported < found["ops_total"] == len(details["ops"])
+    assert found["partitions"] == 2 and found["cpu_subsets"] == 1
+    assert found["ops_on_gpu"] < supported                      # the delegate takes one partition by default
+    conv, dense = 8 * 8 * 8 * (3 * 3 * 3), 64 * 3
+    assert found["macs_total"] == conv + dense and found["macs_on_gpu"] == conv   # conv, cumsum, sin: the largest
+    rule = next(rule for rule in details["rules"] if rule["rule"] == "delegation")
+    assert f"{found['ops_on_gpu']} of {found['ops_total']} ops" in rule["detail"] and "2 partition(s)" in rule["detail"]
+
+
+def test_partitions_follow_the_delegates_greedy_partitioner():
+    from edgecomp.targets.edgetpu import Operator
+
+    def op(index, inputs, outputs):
+        return Operator(index=index, name="ADD", inputs=inputs, outputs=outputs, options=None)
+
+    # two branches from the input: a (gpu) → c (cpu); b (gpu) → d (gpu); e (gpu) joins c and d
+    graph = [op(0, (0,), (1,)), op(1, (1,), (2,)), op(2, (0,), (3,)), op(3, (3,), (4,)), op(4, (2, 4), (5,))]
+    on_gpu = [True, False, True, True, True]
+    # greedy: every ready GPU op first (a, b, d), then c on the CPU, then e
+    assert gpu.node_subsets(graph, on_gpu) == [(True, [0, 2, 3]), (False, [1]), (True, [4])]
+    assert gpu.node_subsets(graph, [True] * 5) == [(True, [0, 1, 2, 3, 4])]
+
+
 def test_five_dimensional_tensor_fails_tensor_rank():
     from test_edgetpu import _small_net
 
-    failed = _failed(gpu.verify(_float16(_small_net(reshape_5d=True)), "float16", analyzer=False))
+    failed = _failed(gpu.verify(_float16(_small_net(reshape_5d=True)), "float16", analyzer=False, strict=True))
     assert "5-D" in failed["tensor_rank"] and "at most 4-D" in failed["tensor_rank"]
 
 

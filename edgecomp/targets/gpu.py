@@ -58,7 +58,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecomp.errors import ModelError
-from edgecomp.targets.edgetpu import Operator, Tensor, loads_rule, read_model
+from edgecomp.targets.edgetpu import Operator, Tensor, loads_rule, macs, read_model
 
 GROUND_TRUTH = ("https://github.com/tensorflow/tensorflow/blob/master/"
                 "tensorflow/lite/tools/versioning/gpu_compatibility.cc")
@@ -72,6 +72,11 @@ SUPPORTED_ACTIVATIONS = (0, 1, 2, 3, 4)
 INT8_NOTE = ("int8: the GPU delegate dequantizes the int8 tensors and computes in float (fp16 or fp32); "
              "the file is 4x smaller than float32, not faster. float16 is the GPU's native format")
 DELEGATE_TIMEOUT_S = 120.0
+# TfLiteGpuDelegateOptionsV2Default() (tensorflow/lite/delegates/gpu/delegate_options.cc): the delegate
+# takes the largest partition of supported ops only; the rest runs on the CPU.
+MAX_DELEGATED_PARTITIONS = 1
+# The static rules a partly supported graph turns into warnings (those ops run on the CPU) unless strict.
+PER_OP_RULES = ("supported_ops", "tensor_rank", "static_shapes", "data_types")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +433,74 @@ def _type_issue(tensor: Tensor, op_name: str) -> Optional[str]:
             "float16 (and dequantized int8)")
 
 
+def node_subsets(operators: list[Operator], on_gpu: list[bool]) -> list[tuple[bool, list[int]]]:
+    """The graph cut into subsets of ops that all run on the GPU or all on the CPU, in execution order.
+
+    The greedy partitioner TFLite hands a delegate (``PartitionGraphIntoIndependentNodeSubsets``
+    in tensorflow/lite/graph_info.cc): a subset takes every op of its kind whose inputs are
+    ready, in as many passes as it can grow; then the other kind starts the next subset.
+
+    Returns:
+        ``[(on_gpu, [op positions]), ...]``.
+    """
+    produced = {tensor for op in operators for tensor in op.outputs}
+    ready: set[int] = set()
+    done = [False] * len(operators)
+    subsets: list[tuple[bool, list[int]]] = []
+    while not all(done):
+        kind, members, grew = None, [], True
+        while grew:
+            grew = False
+            for position, op in enumerate(operators):
+                if done[position] or any(t in produced and t not in ready for t in op.inputs if t >= 0):
+                    continue
+                kind = on_gpu[position] if kind is None else kind
+                if on_gpu[position] == kind:
+                    done[position] = grew = True
+                    members.append(position)
+                    ready.update(op.outputs)
+        if not members:    # a cycle or a dangling input: nothing more is schedulable
+            break
+        subsets.append((bool(kind), members))
+    return subsets
+
+
+def delegation(operators: list[Operator], tensors: dict[int, Tensor], on_gpu: list[bool]) -> dict:
+    """What the delegate would take with its default options: ops and MACs on the GPU, partitions.
+
+    Returns:
+        ``{"ops_total", "ops_supported", "partitions", "ops_on_gpu", "macs_total", "macs_on_gpu",
+        "mac_share_on_gpu", "cpu_subsets"}``; ``ops_on_gpu`` counts the largest partition (the
+        delegate takes ``MAX_DELEGATED_PARTITIONS`` by default).
+    """
+    subsets = node_subsets(operators, on_gpu)
+    partitions = sorted((members for kind, members in subsets if kind), key=len, reverse=True)
+    taken = [position for members in partitions[:MAX_DELEGATED_PARTITIONS] for position in members]
+    counts = [macs(op, tensors) for op in operators]
+    total = sum(counts)
+    on_gpu_macs = sum(counts[position] for position in taken)
+    return {"ops_total": len(operators), "ops_supported": sum(on_gpu), "partitions": len(partitions),
+            "ops_on_gpu": len(taken), "macs_total": total, "macs_on_gpu": on_gpu_macs,
+            "mac_share_on_gpu": on_gpu_macs / total if total else (1.0 if taken else 0.0),
+            "cpu_subsets": sum(1 for kind, _ in subsets if not kind)}
+
+
+def _delegation_rule(found: dict, strict: bool) -> dict:
+    whole = found["ops_on_gpu"] == found["ops_total"]
+    detail = (f"{found['ops_on_gpu']} of {found['ops_total']} ops, {found['mac_share_on_gpu']:.1%} of "
+              f"{found['macs_total']:,} MACs on the GPU")
+    if not whole:
+        detail += (f"; {found['ops_supported']} ops supported in {found['partitions']} partition(s), the delegate "
+                   f"takes the largest {MAX_DELEGATED_PARTITIONS} (its default max_delegated_partitions), the rest "
+                   f"runs on the CPU ({found['cpu_subsets']} CPU part(s), each a GPU↔CPU copy)")
+    if whole:
+        return _rule("delegation", True, detail + " (the whole graph)")
+    if strict or not found["ops_on_gpu"]:
+        why = "strict: true asks for the whole graph" if strict else "nothing would run on the GPU"
+        return _rule("delegation", False, f"{detail}; {why}")
+    return {**_rule("delegation", True, detail + "; set strict: true to fail on this"), "warning": True}
+
+
 def check_static(content: bytes) -> dict:
     """The static check alone: ``{"rules": [...], "ops": [...], "unsupported": [...]}``."""
     from edgecomp import _keras  # noqa: F401 - read_model loads TensorFlow: tf_keras must be chosen first
@@ -452,7 +525,8 @@ def check_static(content: bytes) -> dict:
                    for op, issues in zip(operators, per_op) for rule, reason in issues]
     ops = [{"index": op.index, "op": op.name, "on_gpu": not issues, "issues": [reason for _, reason in issues]}
            for op, issues in zip(operators, per_op)]
-    return {"rules": rules, "ops": ops, "unsupported": unsupported}
+    found = delegation(operators, tensors, [not issues for issues in per_op])
+    return {"rules": rules, "ops": ops, "unsupported": unsupported, "delegation": found}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +664,7 @@ def _why(stderr: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def verify(content: bytes, quantization: str = "float16", io: str = "float32", analyzer: bool = True,
-           sample: Optional[np.ndarray] = None) -> dict:
+           sample: Optional[np.ndarray] = None, strict: bool = False) -> dict:
     """Checks ``content`` against the GPU delegate's rules; runs it on the GPU where one is present.
 
     Args:
@@ -599,6 +673,10 @@ def verify(content: bytes, quantization: str = "float16", io: str = "float32", a
         io: the input/output type asked for.
         analyzer: also run TensorFlow's model analyzer and report what it said.
         sample: inputs to run on the GPU accelerator; None skips the attempt.
+        strict: fail unless the delegate would take the whole graph. Otherwise ops the
+            delegate refuses are warnings (``"warning": True`` on their rules) as long as
+            some of the graph runs on the GPU: the delegate partitions the graph and the
+            CPU runs the rest. The ``delegation`` rule gives the figures.
 
     Returns:
         ``{"ok": bool, "details": {"rules", "checked", "ops", "unsupported", "analyzer", "delegate",
@@ -613,6 +691,12 @@ def verify(content: bytes, quantization: str = "float16", io: str = "float32", a
                "unsupported": static["unsupported"], "notes": [], "ground_truth": GROUND_TRUTH}
     if not rules[0]["ok"]:
         return {"ok": False, "details": details}
+    details["delegation"] = found = static["delegation"]
+    rules.append(_delegation_rule(found, strict))
+    if not strict and found["ops_on_gpu"]:
+        for rule in rules:
+            if rule["rule"] in PER_OP_RULES and not rule["ok"]:
+                rule.update(ok=True, warning=True, detail=f"{rule['detail']} (these ops run on the CPU)")
     verified = cpu.verify(content, quantization, io)["details"]["rules"]
     rules.extend(rule for rule in verified if rule["rule"] in ("io_type", "quantization"))
     if quantization == "int8":
@@ -626,14 +710,22 @@ def verify(content: bytes, quantization: str = "float16", io: str = "float32", a
         details["delegate"] = ran = run_on_gpu(content, sample)
         if ran.get("ran"):
             details["checked"] = "on the GPU"
-            rules.append(_rule("runs_on_gpu", ran.get("max_abs_diff", 0.0) < 1e-2,
-                               f"ran on LiteRT's GPU accelerator (fully accelerated: {ran.get('fully_accelerated')}); "
-                               f"max |GPU − CPU| {ran.get('max_abs_diff', float('nan')):.3g}"))
+            rules.append(_gpu_run_rule(ran, strict))
         else:
             details["notes"].append(f"checked statically: the GPU delegate was not run ({ran['reason']})")
     elif sample is not None:
         details["delegate"] = {"ran": False, "reason": "not run: the file fails the GPU rules above"}
     return {"ok": all(rule["ok"] for rule in rules), "details": details}
+
+
+def _gpu_run_rule(ran: dict, strict: bool) -> dict:
+    """The delegate's own verdict: outputs close to the CPU's; the whole graph delegated (else a warning)."""
+    close = ran.get("max_abs_diff", 0.0) < 1e-2
+    whole = ran.get("fully_accelerated") is not False
+    rule = _rule("runs_on_gpu", close and (whole or not strict),
+                 f"ran on LiteRT's GPU accelerator (fully accelerated: {ran.get('fully_accelerated')}); "
+                 f"max |GPU − CPU| {ran.get('max_abs_diff', float('nan')):.3g}")
+    return {**rule, "warning": True} if rule["ok"] and not whole else rule
 
 
 def _analyzer_rule(found: dict, static: dict) -> dict:
@@ -660,7 +752,7 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
     """
     from edgecomp import runtime
 
-    compatibility = verify(content, params.quantization, params.io, sample=x_test[:8])
+    compatibility = verify(content, params.quantization, params.io, sample=x_test[:8], strict=params.strict)
     metrics = runtime.evaluate(content, x_test, y_test, where=str(path))
     metrics["runtime"] = f"{runtime.runtime_name()} on the CPU, not the GPU delegate"
     skipped = [{"layer": "benchmark", "reason": "gpu: timings need a device with the GPU delegate; host CPU "
