@@ -37,6 +37,24 @@ def test_arena_search_finds_the_smallest_working_arena(int8_model, tiny_dataset)
     assert not micro._runs(int8_model, arena - micro.ALIGNMENT, tiny_dataset.x_test[0])
 
 
+def test_a_model_with_an_op_tflm_lacks_fails_loads_naming_the_op_without_searching_arenas(tiny_dataset):
+    from edgecomp import data
+    from edgecomp._keras import keras
+    from edgecomp.targets import convert
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(tiny_dataset.input_shape)
+    x = keras.layers.Dense(8, activation="gelu")(keras.layers.Flatten()(inputs))   # GELU: no TFLM kernel
+    content = convert.convert(keras.Model(inputs, keras.layers.Dense(tiny_dataset.num_classes)(x)), "int8", "int8",
+                              data.representative_samples(tiny_dataset, 20), static_batch=True)
+    assert "GELU" in micro.op_names(content)
+    compatibility, metrics = micro.verify(content, config.MicroTargetConfig(), tiny_dataset.x_test[:5],
+                                          tiny_dataset.y_test[:5])
+    rule = compatibility["details"]["rules"][0]
+    assert not compatibility["ok"] and rule["rule"] == "loads_in_tflm" and metrics == {}
+    assert "Didn't find op for builtin opcode 'GELU'" in rule["detail"] and "64 MB" not in rule["detail"]
+
+
 def test_budget_failure_names_the_rule_and_the_figures(int8_model, tiny_dataset):
     tiny_board = config.MicroTargetConfig(flash_kb=1, ram_kb=1)
     compatibility, _ = micro.verify(int8_model, tiny_board, tiny_dataset.x_test[:5], tiny_dataset.y_test[:5])

@@ -8,8 +8,9 @@ flash and RAM does it take on a Cortex-M4? Each model goes through ``edgecomp.tr
     python tools/micro_builds.py --host-tree ~/tflm_tree --cortex-m4-tree ~/tflm_tree_cm4 --out /tmp/micro_builds
     python tools/micro_builds.py ... --models digits_cnn,tiny_vit     # a subset
 
-Models: the corpus models that run on digits / MNIST-1D (``tools/corpus_models.py``), the zoo's
-``digits_cnn``, and the zoo's DS-CNN clustered so that its file is LUT-compressed (TFLM's DECODE op).
+Models: the corpus models that run on digits / MNIST-1D (``tools/corpus_models.py``; its tiny_vit uses
+GELU, which TFLM has no kernel for, so a ReLU copy stands in: BATCH_MATMUL), the zoo's ``digits_cnn``,
+and the zoo's DS-CNN clustered so that its file is LUT-compressed (TFLM's DECODE op).
 """
 
 from __future__ import annotations
@@ -35,8 +36,24 @@ MODELS = {
     "separable_prelu": ({"builder": "corpus_models:separable_prelu"}, DIGITS, []),
     "conv1d_kws": ({"builder": "corpus_models:conv1d_kws"}, MNIST1D, []),
     "gru_kws": ({"builder": "corpus_models:gru_kws"}, MNIST1D, []),
-    "tiny_vit": ({"builder": "corpus_models:tiny_vit"}, DIGITS, []),
+    "attention_relu": ({"builder": "micro_builds:attention_relu"}, DIGITS, []),
 }
+
+
+def attention_relu(input_shape, num_classes):
+    """The corpus's tiny_vit with ReLU for GELU (TFLM has no GELU kernel): BATCH_MATMUL, SOFTMAX, LayerNorm."""
+    from edgecomp._keras import keras
+
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Reshape((-1, 32))(layers.Conv2D(32, 2, strides=2)(inputs))
+    for _ in range(2):
+        y = layers.LayerNormalization()(x)
+        x = layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=16)(y, y)])
+        y = layers.LayerNormalization()(x)
+        x = layers.Add()([x, layers.Dense(32)(layers.Dense(64, activation="relu")(y))])
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="attention_relu")
 
 
 def measure(name: str, trees: dict, out: Path, epochs: int) -> dict:

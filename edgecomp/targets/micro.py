@@ -84,10 +84,13 @@ def find_arena(content: bytes, sample: np.ndarray) -> int:
     worker = _Worker(content, sample[np.newaxis])
     try:
         high = max(4096, len(content))
-        while worker.run(high).returncode != 0:
+        while (done := worker.run(high)).returncode != 0:
+            reason = _tflm_reason(done)
+            if "Didn't find op" in reason:     # no arena helps: this TFLM has no kernel for an op
+                raise ModelError(f"TFLM cannot run the model: {reason}")
             high *= 2
             if high > MAX_ARENA:
-                raise ModelError("TFLM cannot run the model with any arena up to 64 MB")
+                raise ModelError(f"TFLM cannot run the model with any arena up to 64 MB: {reason}")
         low = 0  # known to fail (or never tried)
         while high - low > ALIGNMENT:
             middle = (low + high) // 2 // ALIGNMENT * ALIGNMENT
@@ -100,6 +103,15 @@ def find_arena(content: bytes, sample: np.ndarray) -> int:
         return high
     finally:
         worker.close()
+
+
+def _tflm_reason(done: subprocess.CompletedProcess) -> str:
+    """One line of why a TFLM child process failed: its error message, or the signal."""
+    if done.returncode < 0:
+        return f"signal {-done.returncode}"
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    found = next((line for line in lines if "Didn't find op" in line), None)
+    return (found or (lines[-1] if lines else f"exit {done.returncode}"))[-300:]
 
 
 def predict(content: bytes, x: np.ndarray, arena_size: int, raw: bool = False) -> np.ndarray:
