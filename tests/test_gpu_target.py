@@ -192,3 +192,49 @@ def test_pipeline_with_a_gpu_target_reports_compatibility_and_accuracy_of_the_fi
     measured = tflite_accuracy(cfg.run_dir / "gpu" / "model.tflite", dataset)
     assert target["metrics"]["accuracy"] == pytest.approx(measured, abs=1e-9)
     assert "gpu" in (cfg.run_dir / "report.md").read_text()
+
+
+def _op_issues(name, shapes, dtypes, constant, options=None, outputs=1):
+    """The delegate's verdict on one op built from its tensors' shapes and types."""
+    import types
+
+    import numpy as np
+
+    from edgecomp.targets.edgetpu import Operator, Tensor
+
+    tensors = {i: Tensor(index=i, name=f"t{i}", shape=shape, signature=shape, dtype=dtype, quantized=False,
+                         value=np.zeros(shape) if i in constant else None)
+               for i, (shape, dtype) in enumerate(zip(shapes, dtypes))}
+    out = len(tensors)
+    for k in range(outputs):
+        tensors[out + k] = Tensor(index=out + k, name="out", shape=(1, 4), signature=(1, 4), dtype="FLOAT32",
+                                  quantized=False, value=None)
+    operator = Operator(index=0, name=name, inputs=tuple(range(out)), outputs=tuple(range(out, out + outputs)),
+                        options=types.SimpleNamespace(**(options or {})))
+    return [reason for rule, reason in gpu.op_issues(operator, tensors, set(constant)) if rule == "supported_ops"]
+
+
+def test_one_hot_follows_the_delegates_rules():
+    scalar = ()
+    good = _op_issues("ONE_HOT", [(1, 4), (), scalar, scalar], ["INT32", "INT32", "FLOAT32", "FLOAT32"], {1, 2, 3},
+                      {"axis": -1})
+    assert good == []
+    runtime_on_value = _op_issues("ONE_HOT", [(1, 4), (), scalar, scalar], ["INT32", "INT32", "FLOAT32", "FLOAT32"],
+                                  {1, 3}, {"axis": -1})
+    assert runtime_on_value and "constant scalar float32 on/off" in runtime_on_value[0]
+    float_indices = _op_issues("ONE_HOT", [(1, 4), (), scalar, scalar], ["FLOAT32", "INT32", "FLOAT32", "FLOAT32"],
+                               {1, 2, 3}, {"axis": -1})
+    assert float_indices
+
+
+def test_lstm_needs_its_input_count_and_basic_kernels_their_layout():
+    full = _op_issues("LSTM", [(1, 4)] * 24, ["FLOAT32"] * 24, set(range(1, 24)), {"fusedActivationFunction": 4})
+    assert full == []
+    wrong_count = _op_issues("LSTM", [(1, 4)] * 5, ["FLOAT32"] * 5, {1, 2}, {"fusedActivationFunction": 4})
+    assert "20 or 24 input tensors" in wrong_count[0]
+    basic = _op_issues("LSTM", [(1, 4)] * 5, ["FLOAT32"] * 5, {3, 4},
+                       {"fusedActivationFunction": 4, "kernelType": 1, "cellClip": 0.0, "projClip": 0.0}, outputs=4)
+    assert basic == []
+    clipped = _op_issues("LSTM", [(1, 4)] * 5, ["FLOAT32"] * 5, {3, 4},
+                         {"fusedActivationFunction": 4, "kernelType": 1, "cellClip": 3.0, "projClip": 0.0}, outputs=4)
+    assert "cell_clip" in clipped[0]

@@ -323,7 +323,37 @@ def _add_n(op: _Op) -> Optional[str]:
 
 def _lstm(op: _Op) -> Optional[str]:
     activation = op.option("fusedActivationFunction")
-    return None if activation == 4 else "LSTM supports only a tanh activation (sigmoid has no code in the file)"
+    if activation != 4:
+        return "LSTM supports only a tanh activation (sigmoid has no code in the file)"
+    if op.option("kernelType") == 1:    # BASIC
+        reason = _counts(op, 3, 4, const=2)
+        if reason is None and (op.option("cellClip", 0.0) or op.option("projClip", 0.0)):
+            reason = "cell_clip and proj_clip are unsupported in the basic LSTM kernel"
+        return reason
+    if len(op.inputs) not in (20, 24):
+        return f"LSTM expects 20 or 24 input tensors, the node has {len(op.inputs)}"
+    return None if len(op.outputs) == 1 else f"LSTM expects 1 output tensor, the node has {len(op.outputs)}"
+
+
+def _one_hot(op: _Op) -> Optional[str]:
+    """int32 indices, one hot along the last axis, constant scalar float on/off values."""
+    if len(op.inputs) != 4:
+        return "ONE_HOT expects 4 inputs and 1 output"
+    indices, on, off = op.inputs[0], op.inputs[2], op.inputs[3]
+    rule = "ONE_HOT needs int32 indices, the last axis, and constant scalar float32 on/off values"
+    if indices.dtype != "INT32" or op.option("axis", -1) not in (-1, indices.shape[-1] if indices.shape else -1):
+        return rule
+    if any(size != 1 for position, size in enumerate(indices.shape[:-1]) if not (len(indices.shape) > 3 and position == 0)):
+        return "ONE_HOT indices may have more than one element only in the batch and the last dimension"
+    if on.dtype != "FLOAT32" or off.dtype != "FLOAT32" or not (op.const[2] and op.const[3]):
+        return rule
+    if any(len(t.shape) > 1 or (t.shape and t.shape[0] > 1) for t in (on, off)):
+        return rule
+    return None
+
+
+def _densify(op: _Op) -> Optional[str]:
+    return _counts(op, 0, 1)
 
 
 def _select(op: _Op) -> Optional[str]:
@@ -343,10 +373,10 @@ _CUSTOM = ("Convolution2DTransposeBias", "MaxPoolingWithArgmax2D", "MaxUnpooling
 SUPPORTED_OPS: dict[str, Optional[Callable[[_Op], Optional[str]]]] = {
     "ADD": _add, "ADD_N": _add_n, "AVERAGE_POOL_2D": _pooling, "MAX_POOL_2D": _pooling,
     "BATCH_MATMUL": _batch_matmul, "CAST": _cast, "CONCATENATION": None, "CONV_2D": _convolution,
-    "CUMSUM": _cumsum, "DENSIFY": None, "DEPTHWISE_CONV_2D": _depthwise, "DEPTH_TO_SPACE": _block_size,
+    "CUMSUM": _cumsum, "DENSIFY": _densify, "DEPTHWISE_CONV_2D": _depthwise, "DEPTH_TO_SPACE": _block_size,
     "SPACE_TO_DEPTH": _block_size, "DEQUANTIZE": _dequantize, "EMBEDDING_LOOKUP": None,
     "DYNAMIC_UPDATE_SLICE": None, "FULLY_CONNECTED": _fully_connected, "GATHER": _gather,
-    "HARD_SWISH": _one_runtime, "LSTM": _lstm, "MEAN": _mean, "MUL": _mul, "PACK": None, "ONE_HOT": None,
+    "HARD_SWISH": _one_runtime, "LSTM": _lstm, "MEAN": _mean, "MUL": _mul, "PACK": None, "ONE_HOT": _one_hot,
     "QUANTIZE": _one_runtime, "RELU_N1_TO_1": None, "PRELU": None, "RESHAPE": _one_runtime,
     "SELECT": _select, "SELECT_V2": _select, "SLICE": _slice, "SOFTMAX": _softmax, "SPLIT": None,
     "SPLIT_V": None, "STRIDED_SLICE": _strided_slice, "TILE": _one_runtime, "TRANSPOSE": _one_runtime,
