@@ -257,7 +257,7 @@ def remeasure_latency(study: StudyConfig, rows: list[dict]) -> None:
 
 def table_rows(recipe: str, report, reference, seconds: float, run_dir: Path) -> list[dict]:
     """One row per target of ``report`` (plus the float32 reference for the ``ptq`` recipe)."""
-    from edgecomp.targets import edgetpu
+    from edgecomp import graph
 
     # QAT's record counts the quantize wrappers' variables too; it changes no weight count.
     final = next(record for record in reversed(report.stages) if record.stage != "quantize")
@@ -268,8 +268,8 @@ def table_rows(recipe: str, report, reference, seconds: float, run_dir: Path) ->
         macs = None
         if record.path and path.is_file():
             try:
-                operators, tensors, _, _ = edgetpu.read_model(path.read_bytes())
-                macs = int(sum(edgetpu.macs(op, tensors) for op in operators))
+                operators, tensors, _, _ = graph.read_model(path.read_bytes())
+                macs = int(sum(graph.macs(op, tensors) for op in operators))
             except Exception:  # noqa: BLE001 - MACs are a figure of the table, not a check
                 macs = None
         accuracy = (record.metrics or {}).get("accuracy")

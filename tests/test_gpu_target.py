@@ -85,7 +85,7 @@ def test_a_partly_supported_graph_passes_with_warnings_and_the_delegates_figures
 
 
 def test_partitions_follow_the_delegates_greedy_partitioner():
-    from edgecomp.targets.edgetpu import Operator
+    from edgecomp.graph import Operator
 
     def op(index, inputs, outputs):
         return Operator(index=index, name="ADD", inputs=inputs, outputs=outputs, options=None)
@@ -200,7 +200,7 @@ def _op_issues(name, shapes, dtypes, constant, options=None, outputs=1):
 
     import numpy as np
 
-    from edgecomp.targets.edgetpu import Operator, Tensor
+    from edgecomp.graph import Operator, Tensor
 
     tensors = {i: Tensor(index=i, name=f"t{i}", shape=shape, signature=shape, dtype=dtype, quantized=False,
                          value=np.zeros(shape) if i in constant else None)

@@ -58,7 +58,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgecomp.errors import ModelError
-from edgecomp.targets.edgetpu import Operator, Tensor, loads_rule, macs, read_model
+from edgecomp.graph import Operator, Tensor, loads_rule, macs, read_model
 
 GROUND_TRUTH = ("https://github.com/tensorflow/tensorflow/blob/master/"
                 "tensorflow/lite/tools/versioning/gpu_compatibility.cc")
@@ -533,8 +533,6 @@ def _delegation_rule(found: dict, strict: bool) -> dict:
 
 def check_static(content: bytes) -> dict:
     """The static check alone: ``{"rules": [...], "ops": [...], "unsupported": [...]}``."""
-    from edgecomp import _keras  # noqa: F401 - read_model loads TensorFlow: tf_keras must be chosen first
-
     try:
         operators, tensors, _, _ = read_model(content)
     except ModelError as error:
