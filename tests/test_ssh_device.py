@@ -78,6 +78,20 @@ def test_model_the_device_cannot_load_is_a_device_error(server, device_venvs, tm
     assert remote_folders() == before
 
 
+def test_a_device_process_killed_by_a_signal_is_named_with_its_stderr_tail(server, model_file, tmp_path):
+    """A runtime that crashes in its CPU detection, as tflite-runtime did under qemu-user: a real SIGSEGV."""
+    crashing = tmp_path / "python3"
+    crashing.write_text("#!/bin/sh\necho 'cpuinfo: unknown CPU, giving up' >&2\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    before = remote_folders()
+    with pytest.raises(DeviceError) as caught:
+        device(server, crashing).benchmark(model_file, runs=3, warmup=0)
+    message = str(caught.value)
+    assert "killed by SIGSEGV (signal 11)" in message and "cpuinfo: unknown CPU, giving up" in message
+    assert "edgecomp-signal" not in message and "\n" not in message
+    assert remote_folders() == before
+
+
 def test_wrong_user_is_refused_with_one_line(server, device_venvs, model_file):
     with pytest.raises(DeviceError, match="cannot log in: .*(Permission denied|Invalid)"):
         device(server, device_venvs["litert"], user="nobody").benchmark(model_file, runs=1, warmup=0)

@@ -265,7 +265,7 @@ def main(argv=None):
         result = run(args.model, args.runs, args.warmup, args.threads, not args.no_xnnpack, args.inputs)
     except SystemExit as stop:
         if stop.code == EXIT_NO_RUNTIME:
-            print("no TFLite runtime: pip install ai-edge-litert (64-bit) or tflite-runtime (armv7)", file=sys.stderr)
+            print("no TFLite runtime: pip install ai-edge-litert (64-bit) or tflite-runtime 'numpy<2' (armv7)", file=sys.stderr)
         raise
     except (ValueError, RuntimeError) as error:
         print(f"cannot run {args.model}: {str(error).strip().splitlines()[0] if str(error).strip() else error}",

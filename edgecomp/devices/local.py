@@ -57,7 +57,7 @@ class LocalDevice:
         """
         with tempfile.TemporaryDirectory(prefix="edgecomp-bench-") as folder:
             command = [
-                sys.executable, str(AGENT), "--model", str(model_path),
+                sys.executable, "-X", "faulthandler", str(AGENT), "--model", str(model_path),
                 "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
             ]
             if not self.xnnpack:
@@ -76,7 +76,9 @@ class LocalDevice:
                 ) from None
         if done.returncode < 0:
             name = signal.Signals(-done.returncode).name
-            raise DeviceError(f"the TFLite runtime crashed ({name}) running {model_path}")
+            kept = [line.strip() for line in done.stderr.strip().splitlines() if line.strip()]
+            raise DeviceError(f"the TFLite runtime crashed ({name}) running {model_path}; its stderr ended: "
+                              f"{' | '.join(kept[-4:]) or 'nothing'}")
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise DeviceError(f"local benchmark of {model_path} failed: {tail}")

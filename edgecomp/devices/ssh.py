@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import urllib.parse
@@ -34,6 +36,10 @@ from edgecomp.progress import Ticker
 EXIT_NO_RUNTIME = 3
 EXIT_BAD_MODEL = 4
 STEP_TIMEOUT_S = 60.0
+# Appended to the agent's remote command (a constant: no user data): a process killed by a
+# signal leaves the shell with status 128 + N, which ssh itself would turn into its own 255.
+SIGNAL_REPORT = ('; status=$?; if [ "$status" -gt 128 ]; then echo "edgecomp-signal $((status - 128))" >&2; fi; '
+                 'exit "$status"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,7 @@ class SshDevice:
     def target(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
-    def _ssh(self, *remote: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess:
+    def _ssh(self, *remote: str, timeout: float = STEP_TIMEOUT_S, suffix: str = "") -> subprocess.CompletedProcess:
         # The remote side runs a shell: every argument is quoted, nothing from the
         # user (paths, names) is ever spliced into a command string unquoted. "--" ends
         # ssh's options before the destination, so a host such as "-oProxyCommand=..."
@@ -84,7 +90,7 @@ class SshDevice:
         command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *self.options]
         if self.port:
             command += ["-p", str(self.port)]
-        command += ["--", self.target, " ".join(shlex.quote(part) for part in remote)]
+        command += ["--", self.target, " ".join(shlex.quote(part) for part in remote) + suffix]
         return self._run(command, timeout)
 
     def _scp(self, sources: list[Path], folder: str) -> None:
@@ -135,11 +141,17 @@ class SshDevice:
                 arguments += ["--inputs", f"{folder}/inputs.npy"]
             self._scp(sources, folder)
         with Ticker(f"{self.name}: benchmarking {model_path.name} ({runs} runs)"):
-            done = self._ssh(self.python, f"{folder}/{AGENT.name}", *arguments, timeout=timeout_s)
+            done = self._ssh(self.python, "-X", "faulthandler", f"{folder}/{AGENT.name}", *arguments,
+                             timeout=timeout_s, suffix=SIGNAL_REPORT)
+        killed = re.search(r"^edgecomp-signal (\d+)$", done.stderr, re.M)
+        if killed:
+            raise DeviceError(f"{self.name}: the runtime process on the device was killed by "
+                              f"{_signal_name(int(killed.group(1)))} running {model_path.name}; its stderr ended: "
+                              f"{_tail(done.stderr.replace(killed.group(0), ''))}")
         if done.returncode == EXIT_NO_RUNTIME:
             raise DeviceError(
                 f"{self.name}: no TFLite runtime for {self.python} on the device; install one there: "
-                "pip install ai-edge-litert (64-bit OS) or pip install tflite-runtime==2.14.0 (32-bit armv7)"
+                "pip install ai-edge-litert (64-bit OS) or pip install tflite-runtime==2.14.0 'numpy<2' (32-bit armv7)"
             )
         if done.returncode == EXIT_BAD_MODEL:
             raise DeviceError(f"{self.name}: the device's runtime cannot load {model_path.name}: "
@@ -156,6 +168,19 @@ class SshDevice:
         except (IndexError, json.JSONDecodeError):
             raise DeviceError(f"{self.name}: the agent printed no result") from None
         return {"device": self.name, **record}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _tail(text: str, lines: int = 4) -> str:
+    """The last lines of a process's stderr on one line, or "nothing"."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) if kept else "nothing"
 
 
 def _last_line(text: str) -> str:
