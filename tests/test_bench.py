@@ -18,6 +18,13 @@ def test_local_benchmark_statistics_are_ordered(tmp_path, converted, tiny_datase
     assert 0 < result["peak_rss_mb"] < 2000
     assert result["delegate"] == "XNNPACK"
     assert result["runtime"].startswith("ai_edge_litert")
+    info = result["device_info"]
+    import os
+    import platform
+
+    assert info["machine"] == platform.machine() and info["cores"] == os.cpu_count()
+    assert 1 <= info["cores_usable"] <= info["cores"]
+    assert set(info["read_from"]) == set(info) - {"read_from"}   # every figure says where it was read
 
 
 def test_xnnpack_off_is_reported_as_no_delegate(tmp_path, converted):

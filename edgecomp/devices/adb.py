@@ -124,6 +124,8 @@ class AdbDevice:
             "model": properties.get("ro.product.model"),
             "android": properties.get("ro.build.version.release"),
             "abi": properties.get("ro.product.cpu.abi"),
+            "read_from": {"model": "getprop ro.product.model", "android": "getprop ro.build.version.release",
+                          "abi": "getprop ro.product.cpu.abi"},
         }
         if inputs is not None:
             record["notes"].append("the given input sample was not used: benchmark_model feeds random inputs")

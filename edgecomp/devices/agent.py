@@ -90,12 +90,27 @@ def _device():
                     break
     except OSError:
         pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
     return {
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cores_usable": usable,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        # Each figure as the benchmark process reads it on the device: a container, chroot or
+        # emulator shows its host's kernel, /proc/cpuinfo and core count, not the board's.
+        "read_from": {
+            "machine": "platform.machine() (uname of the kernel the process runs on)",
+            "cpu": "/proc/cpuinfo as the process sees it (under qemu-user: the host's)",
+            "cores": "os.cpu_count() (the kernel's CPUs)",
+            "cores_usable": "os.sched_getaffinity(0) (the CPUs this process may run on)",
+            "os": "platform.system() and release() (the kernel's)",
+            "python": "the interpreter that ran the benchmark",
+        },
     }
 
 
