@@ -7,6 +7,7 @@ Example:
 
 import json
 import math
+import sys
 
 from absl import flags
 
@@ -25,6 +26,11 @@ flags.DEFINE_integer("runs", 100, "Timed invocations.", lower_bound=1, upper_bou
 flags.DEFINE_integer("warmup", 10, "Untimed invocations first.", lower_bound=0, upper_bound=MAX_RUNS)
 flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1, upper_bound=MAX_THREADS)
 flags.DEFINE_bool("xnnpack", True, "Apply the XNNPACK delegate (--noxnnpack turns it off).")
+flags.DEFINE_integer("check_samples", 8, "Inputs run on the device after timing, with the timed runtime, and "
+                     "compared with this machine's run of the same file; 0 skips the output check.",
+                     lower_bound=0, upper_bound=256)
+flags.DEFINE_string("inputs", None, "An .npy of input samples for the output check (default: seeded random inputs "
+                                    "spanning the input tensor's range).")
 flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
 flags.DEFINE_float("timeout", 600.0, f"Seconds before the benchmark is stopped, 1 to {MAX_TIMEOUT_S:.0f}.",
                    lower_bound=1, upper_bound=MAX_TIMEOUT_S)
@@ -36,6 +42,30 @@ FLAGS = flags.FLAGS
 
 def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def check_inputs(content: bytes, count: int, path: str | None):
+    """Samples for the output check: the given .npy, or seeded random inputs in the input tensor's range."""
+    import numpy as np
+
+    from edgecomp import runtime
+
+    detail = runtime.io_details(content)["inputs"][0]
+    shape = tuple(int(d) for d in detail["shape"][1:])
+    if path:
+        try:
+            samples = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--inputs {path}: not a readable .npy file ({error})") from None
+        if tuple(samples.shape[1:]) != shape:
+            raise ConfigError(f"--inputs {path}: samples of shape {tuple(samples.shape[1:])}, the model takes {shape}")
+        return samples[:count].astype(np.float32)
+    low, high = 0.0, 1.0
+    scale, zero = detail.get("scale") or 0.0, detail.get("zero_point") or 0
+    if scale and detail["dtype"] in ("int8", "uint8"):
+        info = np.iinfo(detail["dtype"])
+        low, high = (info.min - zero) * scale, (info.max - zero) * scale
+    return np.random.default_rng(0).uniform(low, high, (count, *shape)).astype(np.float32)
 
 
 def main(argv):
@@ -53,8 +83,19 @@ def main(argv):
         if FLAGS.device != "local":
             raise ConfigError("--noxnnpack is supported on the local device only (adb://: --adb_delegate=none)")
         device = LocalDevice(xnnpack=False)
+    from edgecomp.devices import output_check
+
+    content = open(FLAGS.model, "rb").read()
+    samples = check_inputs(content, FLAGS.check_samples, FLAGS.inputs) if FLAGS.check_samples else None
     result = device.benchmark(FLAGS.model, runs=FLAGS.runs, warmup=FLAGS.warmup, threads=FLAGS.threads,
-                              timeout_s=FLAGS.timeout)
+                              inputs=samples, timeout_s=FLAGS.timeout)
+    if samples is None:
+        check = {"verdict": "not checked", "reason": "--check_samples=0"}
+    elif "outputs" in result:
+        check = output_check.compare(result.pop("outputs"), output_check.reference(content, samples))
+    else:
+        check = {"verdict": "not checked", "reason": "this device's benchmark returns no outputs"}
+    result["output_check"] = check
     latency = result["latency_ms"]
     print(f"{FLAGS.model} on {result['device']} ({result['runtime']}, {result['delegate']}, "
           f"{result['threads']} thread(s), {result['runs']} runs)")
@@ -64,9 +105,14 @@ def main(argv):
           f"peak RSS {_number(result['peak_rss_mb'], '.1f')} MB")
     for field, reason in result.get("not_available", {}).items():
         print(f"not available: {field}: {reason}")
+    print(f"outputs: {output_check.describe(check)}")
     if FLAGS.json:
         files.write_text(FLAGS.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {FLAGS.json}")
+    if check["verdict"] == "wrong":
+        print(f"error: {result['device']} computes something different from this machine for {FLAGS.model}: "
+              f"{output_check.describe(check)}; its latency is not a result", file=sys.stderr)
+        return 1
     return 0
 
 

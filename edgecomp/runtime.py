@@ -286,7 +286,7 @@ def evaluate(content: bytes, x: np.ndarray, y: np.ndarray, where: str = "model",
 
 def io_details(content: bytes) -> dict:
     """Types, shapes and quantization of the model's inputs and outputs (for the report)."""
-    interpreter = make_interpreter(content)
+    interpreter = make_interpreter(content, delegates=False)   # details only: no delegate, no log line
 
     def describe(details):
         return [

@@ -95,6 +95,25 @@ def test_bench_runs_a_model_and_writes_json(tmp_path, converted):
     record = json.loads(out.read_text())
     assert record["runs"] == 30
     assert record["latency_ms"]["min"] <= record["latency_ms"]["p50"] <= record["latency_ms"]["max"]
+    # the device's outputs on 8 seeded inputs, checked against this machine's run of the same file
+    assert "outputs: identical on 8 samples" in done.stdout
+    assert record["output_check"]["verdict"] == "identical" and record["output_check"]["samples"] == 8
+    assert "outputs" not in record
+
+
+def test_bench_checks_outputs_on_the_users_inputs_and_refuses_inputs_of_another_shape(tmp_path, converted,
+                                                                                   tiny_dataset):
+    import numpy as np
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(converted("int8"))
+    np.save(tmp_path / "x.npy", tiny_dataset.x_test[:5])
+    done = run_cli("edgecomp.bench", f"--model={model}", "--runs=3", "--warmup=0", f"--inputs={tmp_path / 'x.npy'}")
+    assert done.returncode == 0, done.stderr
+    assert "outputs: identical on 5 samples" in done.stdout
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 3, 1), np.float32))
+    assert_one_line_error(run_cli("edgecomp.bench", f"--model={model}", f"--inputs={tmp_path / 'bad.npy'}"),
+                          "the model takes")
 
 
 def test_train_refuses_lambda_model_file_without_trust(tmp_path):
