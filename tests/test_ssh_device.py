@@ -92,6 +92,28 @@ def test_a_device_process_killed_by_a_signal_is_named_with_its_stderr_tail(serve
     assert remote_folders() == before
 
 
+def test_bench_on_a_device_whose_runtime_computes_something_else_exits_1_with_the_figures(server, device_venvs,
+                                                                                         model_file, tmp_path):
+    """A broken device: its runtime hands back the classes in reverse order (a sitecustomize on the device)."""
+    from conftest import run_cli
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        "import ai_edge_litert.interpreter as module\n"
+        "_get = module.Interpreter.get_tensor\n"
+        "module.Interpreter.get_tensor = lambda self, index, *a, **k: _get(self, index, *a, **k)[..., ::-1].copy()\n")
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={broken} exec {device_venvs['litert']} \"$@\"\n")
+    python.chmod(0o755)
+    options = [f"--ssh_option={option}" for option in server.options]
+    done = run_cli("edgecomp.bench", f"--model={model_file}", f"--device=ssh://root@127.0.0.1:{server.port}?python={python}",
+                   *options, "--runs=3", "--warmup=0", timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "outputs: wrong on 8 samples" in done.stdout
+    assert "computes something different from this machine" in done.stderr and "its latency is not a result" in done.stderr
+
+
 def test_wrong_user_is_refused_with_one_line(server, device_venvs, model_file):
     with pytest.raises(DeviceError, match="cannot log in: .*(Permission denied|Invalid)"):
         device(server, device_venvs["litert"], user="nobody").benchmark(model_file, runs=1, warmup=0)

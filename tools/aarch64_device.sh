@@ -87,7 +87,7 @@ EOF
   stop)
     if [ -f "$root/run/sshd_edgecomp.pid" ]; then kill "$(cat "$root/run/sshd_edgecomp.pid")" || true; fi
     for mount in proc/cpuinfo proc dev; do
-      if grep -q " $root/$mount " /proc/mounts; then umount "$root/$mount"; fi
+      if grep -q " $root/$mount " /proc/mounts; then umount "$root/$mount" || umount -l "$root/$mount"; fi
     done
     echo "stopped $root"
     ;;
