@@ -31,6 +31,8 @@ binfmt() {
 mounts() {
   mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
   mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
+  # without /sys the runtimes' cpuinfo cannot list the CPUs and XNNPACK stays off
+  mountpoint -q "$root/sys" || mount -t sysfs sysfs "$root/sys"
   grep -q " $root/proc/cpuinfo " /proc/mounts || mount --bind "$root/etc/edgecomp-cpuinfo" "$root/proc/cpuinfo"
 }
 
@@ -86,7 +88,7 @@ EOF
     ;;
   stop)
     if [ -f "$root/run/sshd_edgecomp.pid" ]; then kill "$(cat "$root/run/sshd_edgecomp.pid")" || true; fi
-    for mount in proc/cpuinfo proc dev; do
+    for mount in proc/cpuinfo proc sys dev; do
       if grep -q " $root/$mount " /proc/mounts; then umount "$root/$mount" || umount -l "$root/$mount"; fi
     done
     echo "stopped $root"
