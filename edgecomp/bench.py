@@ -13,6 +13,7 @@ from absl import flags
 
 from edgecomp import cli, files
 from edgecomp.config import MAX_RUNS, MAX_THREADS, MAX_TIMEOUT_S
+from edgecomp.devices.agent import MAX_CHECKED
 from edgecomp.errors import ConfigError
 
 flags.DEFINE_string("model", None, "The .tflite file to run.")
@@ -28,7 +29,7 @@ flags.DEFINE_integer("threads", 1, "Interpreter threads.", lower_bound=1, upper_
 flags.DEFINE_bool("xnnpack", True, "Apply the XNNPACK delegate (--noxnnpack turns it off).")
 flags.DEFINE_integer("check_samples", 8, "Inputs run on the device after timing, with the timed runtime, and "
                      "compared with this machine's run of the same file; 0 skips the output check.",
-                     lower_bound=0, upper_bound=256)
+                     lower_bound=0, upper_bound=MAX_CHECKED)
 flags.DEFINE_string("inputs", None, "An .npy of input samples for the output check (default: seeded random inputs "
                                     "spanning the input tensor's range).")
 flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
