@@ -2,8 +2,8 @@
 
 The pipeline hands every stage a deep copy (tfmot wraps layer objects in place)
 and keeps the stage's returned model; each stage records what it did and what it
-skipped. ``config.AVAILABLE_STAGES`` lists the keys ``apply`` accepts, so the
-config can reject the others without importing TensorFlow.
+skipped. ``config.STAGE_NAMES`` lists the keys ``apply`` accepts (the config's
+schema admits no other, without importing TensorFlow).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from edgecomp.config import AVAILABLE_STAGES, Config
+from edgecomp.config import STAGE_NAMES, Config
 from edgecomp.data import Dataset
 
 
 
 def apply(kind: str, model, params, context: "StageContext"):
-    """Runs stage ``kind`` (``prune``, ``cluster``, ``quantize``); returns ``(model, StageRecord)``."""
-    if kind not in AVAILABLE_STAGES:
-        raise ValueError(f"unknown stage {kind!r}; available: {', '.join(AVAILABLE_STAGES)}")
+    """Runs stage ``kind`` (one of ``config.STAGE_NAMES``); returns ``(model, StageRecord)``."""
+    if kind not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {kind!r}; available: {', '.join(STAGE_NAMES)}")
     module = importlib.import_module(f"edgecomp.stages.{kind}")
     return module.apply(model, params, context)
 
