@@ -77,7 +77,7 @@ def main(argv):
     from edgecomp import runtime
     from edgecomp.devices import LocalDevice, open_device
 
-    runtime.read_model(FLAGS.model)  # a clear error for a missing or non-TFLite file
+    content = runtime.read_model(FLAGS.model)  # a clear error for a missing or non-TFLite file
     device = open_device(FLAGS.device, ssh_options=FLAGS.ssh_option, adb_binary=FLAGS.benchmark_binary,
                          adb_delegate=FLAGS.adb_delegate, adb_cpu_mask=FLAGS.adb_cpu_mask)
     if not FLAGS.xnnpack:
@@ -86,7 +86,6 @@ def main(argv):
         device = LocalDevice(xnnpack=False)
     from edgecomp.devices import output_check
 
-    content = open(FLAGS.model, "rb").read()
     samples = check_inputs(content, FLAGS.check_samples, FLAGS.inputs) if FLAGS.check_samples else None
     result = device.benchmark(FLAGS.model, runs=FLAGS.runs, warmup=FLAGS.warmup, threads=FLAGS.threads,
                               inputs=samples, timeout_s=FLAGS.timeout)

@@ -1,8 +1,8 @@
 """The graph of a ``.tflite`` file as the target checkers read it: tensors, operators, MACs.
 
 Read with LiteRT's own flatbuffer schema (``ai_edge_litert.schema_py_generated``), so
-reading a graph never imports TensorFlow. The gpu and edgetpu checkers, the micro
-target and the study read files through here.
+reading a graph never imports TensorFlow. The gpu and edgetpu checkers and the study
+read files through here (the micro target reads with TFLM's own schema).
 
 Example:
     >>> operators, tensors, inputs, outputs = read_model(content)  # doctest: +SKIP

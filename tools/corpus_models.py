@@ -115,7 +115,7 @@ def gru_kws(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="gru_kws")
 
 
-def tiny_vit(input_shape, num_classes):
+def tiny_vit(input_shape, num_classes, activation="gelu"):
     """Patches, LayerNormalization and MultiHeadAttention: a two-block transformer."""
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(32, 2, strides=2)(inputs)
@@ -124,7 +124,7 @@ def tiny_vit(input_shape, num_classes):
         y = layers.LayerNormalization()(x)
         x = layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=16)(y, y)])
         y = layers.LayerNormalization()(x)
-        x = layers.Add()([x, layers.Dense(32)(layers.Dense(64, activation="gelu")(y))])
+        x = layers.Add()([x, layers.Dense(32)(layers.Dense(64, activation=activation)(y))])
     x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="tiny_vit")
 

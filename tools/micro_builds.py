@@ -36,24 +36,9 @@ MODELS = {
     "separable_prelu": ({"builder": "corpus_models:separable_prelu"}, DIGITS, []),
     "conv1d_kws": ({"builder": "corpus_models:conv1d_kws"}, MNIST1D, []),
     "gru_kws": ({"builder": "corpus_models:gru_kws"}, MNIST1D, []),
-    "attention_relu": ({"builder": "micro_builds:attention_relu"}, DIGITS, []),
+    # the corpus's tiny ViT with ReLU for GELU (TFLM has no GELU kernel): BATCH_MATMUL, SOFTMAX, LayerNorm
+    "attention_relu": ({"builder": "corpus_models:tiny_vit", "args": {"activation": "relu"}}, DIGITS, []),
 }
-
-
-def attention_relu(input_shape, num_classes):
-    """The corpus's tiny_vit with ReLU for GELU (TFLM has no GELU kernel): BATCH_MATMUL, SOFTMAX, LayerNorm."""
-    from edgecomp._keras import keras
-
-    layers = keras.layers
-    inputs = keras.Input(input_shape)
-    x = layers.Reshape((-1, 32))(layers.Conv2D(32, 2, strides=2)(inputs))
-    for _ in range(2):
-        y = layers.LayerNormalization()(x)
-        x = layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=16)(y, y)])
-        y = layers.LayerNormalization()(x)
-        x = layers.Add()([x, layers.Dense(32)(layers.Dense(64, activation="relu")(y))])
-    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
-    return keras.Model(inputs, layers.Dense(num_classes)(x), name="attention_relu")
 
 
 def measure(name: str, trees: dict, out: Path, epochs: int) -> dict:

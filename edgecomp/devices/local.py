@@ -76,9 +76,8 @@ class LocalDevice:
                 ) from None
         if done.returncode < 0:
             name = signal.Signals(-done.returncode).name
-            kept = [line.strip() for line in done.stderr.strip().splitlines() if line.strip()]
             raise DeviceError(f"the TFLite runtime crashed ({name}) running {model_path}; its stderr ended: "
-                              f"{' | '.join(kept[-4:]) or 'nothing'}")
+                              f"{stderr_tail(done.stderr)}")
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise DeviceError(f"local benchmark of {model_path} failed: {tail}")
@@ -87,3 +86,9 @@ class LocalDevice:
         except (IndexError, json.JSONDecodeError):
             raise DeviceError(f"local benchmark of {model_path} printed no result") from None
         return {"device": self.name, **record}
+
+
+def stderr_tail(text: str, lines: int = 4) -> str:
+    """The last lines of a process's stderr on one line, or "nothing"."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) if kept else "nothing"

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgecomp.devices.local import AGENT
+from edgecomp.devices.local import AGENT, stderr_tail
 from edgecomp.errors import DeviceError
 from edgecomp.progress import Ticker
 
@@ -147,7 +147,7 @@ class SshDevice:
         if killed:
             raise DeviceError(f"{self.name}: the runtime process on the device was killed by "
                               f"{_signal_name(int(killed.group(1)))} running {model_path.name}; its stderr ended: "
-                              f"{_tail(done.stderr.replace(killed.group(0), ''))}")
+                              f"{stderr_tail(done.stderr.replace(killed.group(0), ''))}")
         if done.returncode == EXIT_NO_RUNTIME:
             raise DeviceError(
                 f"{self.name}: no TFLite runtime for {self.python} on the device; install one there: "
@@ -175,12 +175,6 @@ def _signal_name(number: int) -> str:
         return f"{signal.Signals(number).name} (signal {number})"
     except ValueError:
         return f"signal {number}"
-
-
-def _tail(text: str, lines: int = 4) -> str:
-    """The last lines of a process's stderr on one line, or "nothing"."""
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(kept[-lines:]) if kept else "nothing"
 
 
 def _last_line(text: str) -> str:

@@ -516,15 +516,13 @@ def delegation(operators: list[Operator], tensors: dict[int, Tensor], on_gpu: li
 
 
 def _delegation_rule(found: dict, strict: bool) -> dict:
-    whole = found["ops_on_gpu"] == found["ops_total"]
     detail = (f"{found['ops_on_gpu']} of {found['ops_total']} ops, {found['mac_share_on_gpu']:.1%} of "
               f"{found['macs_total']:,} MACs on the GPU")
-    if not whole:
-        detail += (f"; {found['ops_supported']} ops supported in {found['partitions']} partition(s), the delegate "
-                   f"takes the largest {MAX_DELEGATED_PARTITIONS} (its default max_delegated_partitions), the rest "
-                   f"runs on the CPU ({found['cpu_subsets']} CPU part(s), each a GPU↔CPU copy)")
-    if whole:
+    if found["ops_on_gpu"] == found["ops_total"]:
         return _rule("delegation", True, detail + " (the whole graph)")
+    detail += (f"; {found['ops_supported']} ops supported in {found['partitions']} partition(s), the delegate "
+               f"takes the largest {MAX_DELEGATED_PARTITIONS} (its default max_delegated_partitions), the rest "
+               f"runs on the CPU ({found['cpu_subsets']} CPU part(s), each a GPU↔CPU copy)")
     if strict or not found["ops_on_gpu"]:
         why = "strict: true asks for the whole graph" if strict else "nothing would run on the GPU"
         return _rule("delegation", False, f"{detail}; {why}")
