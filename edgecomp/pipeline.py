@@ -316,9 +316,8 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     relative = f"{target}/model.tflite"
     log.info("%s: converting to %s (io %s)", target, quantization, io)
     try:
-        # Batch 1 where the runtime takes one sample: a dilated conv then stays one CONV_2D (with a dynamic batch
-        # it becomes SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which TFLM computes differently).
-        content = converter.convert(model, quantization, io, calibration, static_batch=target in ("edgetpu", "micro"))
+        content = converter.convert(model, quantization, io, calibration,
+                                    static_batch=target in converter.BATCH_ONE_TARGETS)
     except ModelError as error:
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})

@@ -429,7 +429,7 @@ class StructureChecks:
                 model, _ = stages.apply(kind, model, no_training, context)
             target = next(stage_params(item) for item in cfg.targets if stage_kind(item) == self.search.target_kind)
             content = converter.convert(model, target.quantization, target.io, self.calibration,
-                                        static_batch=self.search.target_kind == "edgetpu")
+                                        static_batch=self.search.target_kind in converter.BATCH_ONE_TARGETS)
             if self.search.target_kind == "micro" and target.strip_strings:   # as the run writes the file
                 content = micro.strip_strings(content)
             measured = Measured(size_bytes=len(content))

@@ -172,9 +172,11 @@ class LearningEarlyStopping(keras.callbacks.EarlyStopping):
                     f"{self.patience} epochs; restored epoch {self.best_epoch + 1} (val_loss {self.best:.4f})")
         elif self.best_weights is not None:
             note = f"trained all epochs; restored the best epoch {self.best_epoch + 1} (val_loss {self.best:.4f})"
+            if self.best_epoch >= self.params.get("epochs", 0) - 2:
+                note += "; validation loss was still improving: more epochs may give a better model"
         else:
             note = "validation accuracy stayed near chance in every epoch; kept the last epoch's weights"
-        log.info("training: %s", note)
+        log.log(logging.WARNING if "still improving" in note else logging.INFO, "training: %s", note)
         self.notes.append(note)
 
 

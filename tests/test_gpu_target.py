@@ -238,3 +238,38 @@ def test_lstm_needs_its_input_count_and_basic_kernels_their_layout():
     clipped = _op_issues("LSTM", [(1, 4)] * 5, ["FLOAT32"] * 5, {3, 4},
                          {"fusedActivationFunction": 4, "kernelType": 1, "cellClip": 3.0, "projClip": 0.0}, outputs=4)
     assert "cell_clip" in clipped[0]
+
+
+def squeeze_excite_net(input_shape, num_classes):
+    """A squeeze-excite gate as keras.applications writes it (GlobalAveragePooling2D → Reshape → 1×1 convs)."""
+    from edgecomp._keras import keras
+
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    gate = layers.Reshape((1, 1, 8))(layers.GlobalAveragePooling2D()(x))
+    gate = layers.Conv2D(8, 1, activation="sigmoid")(gate)
+    x = layers.GlobalAveragePooling2D()(layers.Multiply()([x, gate]))
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+def test_gpu_file_has_batch_one_so_a_squeeze_excite_reshape_stays_on_the_gpu(tmp_path):
+    """With Keras' dynamic batch the Reshape becomes SHAPE/STRIDED_SLICE/PACK on int32 tensors, which the delegate
+    leaves on the CPU (2 partitions, 6 of 15 ops on the GPU); converted with batch 1 the whole graph is delegated."""
+    from edgecomp import pipeline
+
+    cfg = config.from_dict({
+        "name": "gpu_se", "output_dir": str(tmp_path),
+        "data": {"source": "synthetic", "image_size": [8, 8], "num_classes": 3, "samples": 120,
+                 "calibration_samples": 20},
+        "model": {"builder": "test_gpu_target:squeeze_excite_net"},
+        "train": {"epochs": 1, "stop_if_not_learned": False},
+        "targets": [{"gpu": {"strict": True}}],
+        "benchmark": {"runs": 2, "warmup": 0},
+    })
+    pipeline.run(cfg)
+    target = json.loads((cfg.run_dir / "report.json").read_text())["targets"][0]
+    delegation = target["compatibility"]["details"]["delegation"]
+    assert target["compatibility"]["ok"], _failed(target["compatibility"])
+    assert delegation["partitions"] == 1 and delegation["ops_supported"] == delegation["ops_total"]
+    assert target["io"]["inputs"][0]["shape"][0] == 1

@@ -129,3 +129,16 @@ def test_run_whose_float_model_is_at_chance_exits_1_with_one_line(tmp_path):
     assert len(errors) == 1 and "near chance" in errors[0] and "train.epochs > 0" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "chance" / "report.json").exists()
+
+
+def test_fit_warns_when_validation_loss_still_improves_at_the_last_epoch(digits):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(digits.input_shape)
+    x = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(digits.num_classes)(x))
+    history = training.fit(model, digits, epochs=3, learning_rate=0.001, batch_size=64, patience=5)
+    assert any("still improving" in note for note in history.notes), history.notes
+
+
+def test_default_training_runs_until_early_stopping_not_a_short_fixed_count():
+    assert config.TrainConfig().epochs >= 100 and config.TrainConfig().early_stopping_patience > 0

@@ -22,6 +22,11 @@ from edgecomp._keras import keras, tf
 from edgecomp.data import representative_dataset
 from edgecomp.errors import ModelError
 
+# Targets whose runtime takes one sample at a time: their files are converted with batch 1. A dilated conv then
+# stays one CONV_2D (with a dynamic batch it becomes SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which TFLM
+# computes differently); the Edge TPU compiler refuses dynamic-sized tensors; the GPU delegate leaves ops with a
+# dynamic batch on the CPU (EfficientNetB0: 17 partitions and 3.5 % of the MACs on the GPU, 1 and 100 % with batch 1).
+BATCH_ONE_TARGETS = ("gpu", "edgetpu", "micro")
 IO_DTYPES = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}
 
 
