@@ -19,3 +19,31 @@ def test_corpus_tool_runs_recipes_and_writes_the_table(tmp_path):
     assert rows[1]["qat_coverage"]["qat"] >= 3
     table = (tmp_path / "corpus.md").read_text()
     assert "| ptq | mlp | 0 |" in table and "ptq: within 1 pt of float32 on" in table
+
+
+def _row(recipe, model, total_points, applied=True):
+    return {"recipe": recipe, "model": model, "total_points": total_points, "applied": applied, "traceback": False,
+            "seconds": 1.0}
+
+
+def test_aggregate_uses_each_recipes_budget_and_does_not_count_a_model_the_stage_left_unchanged():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import corpus
+
+    lines = corpus.aggregate([
+        _row("filters", "a", -1.4), _row("filters", "b", -1.6),
+        _row("low_rank", "a", -0.4), _row("low_rank", "b", -0.6), _row("low_rank", "c", 0.0, applied=False),
+    ])
+    assert lines[0].startswith("filters: within 1.5 pt of float32 on 1/2 models;")
+    assert lines[1].startswith("low_rank: within 0.5 pt of float32 on 1/2 models (1 left unchanged, not counted);")
+
+
+def test_every_recipe_makes_a_valid_config_also_cut_down(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import corpus
+
+    from edgecomp import config
+
+    for recipe in corpus.RECIPES:
+        for quick in (False, True):
+            config.from_dict(corpus.config_for("mlp", {"source": "digits"}, recipe, tmp_path, quick))
