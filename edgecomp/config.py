@@ -290,9 +290,10 @@ class PruneConfig(_Strict):
                                  description="Adam's learning rate while pruning and recovering")
     ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
     recovery_epochs: int = Field(
-        10, ge=0, le=MAX_EPOCHS,
-        description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping, "
-                    "when validation accuracy ended over 0.5 points below the unpruned model's; 0 disables")
+        50, ge=0, le=MAX_EPOCHS,
+        description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping "
+                    "(patience 3), when validation accuracy ended over 0.5 points below the unpruned model's; "
+                    "0 disables")
     criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
     scope: Literal["layer", "global"] = Field(
         "layer", description="filters: remove sparsity of each layer's channels, or rank all channels together"

@@ -397,10 +397,32 @@ def check_functional(model, where: str = "model") -> None:
 
 
 def copy(model):
-    """A deep copy: new layer objects with the same weights (never shares variables)."""
+    """A deep copy: new layer objects with the same weights (never shares variables).
+
+    Weights are matched layer by layer and, inside a layer, by variable name where the
+    order differs: a ``MultiHeadAttention`` that tfmot's ``strip_clustering`` rebuilt
+    lists its variables in another order than a freshly built one (bias (2, 16) where
+    the kernel (32, 2, 16) is expected), which ``set_weights`` by position refused. The
+    copy has the order a fresh build (and so an HDF5 checkpoint load) gives.
+    """
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    for source, target in zip(model.layers, clone.layers):
+        if [tuple(w.shape) for w in source.weights] == [tuple(w.shape) for w in target.weights]:
+            target.set_weights(source.get_weights())
+            continue
+        by_name = {_local_name(w): w for w in source.weights}
+        missing = [_local_name(w) for w in target.weights if _local_name(w) not in by_name]
+        if missing or len(by_name) != len(source.weights):
+            raise ModelError(f"cannot copy layer {source.name}: its weights {sorted(by_name)} do not match a fresh "
+                             f"build's {[_local_name(w) for w in target.weights]}")
+        target.set_weights([by_name[_local_name(w)].numpy() for w in target.weights])
     return clone
+
+
+def _local_name(variable) -> str:
+    """A variable's name inside its layer: ``mha/query/kernel:0`` → ``query/kernel``."""
+    name = variable.name.split(":")[0]
+    return name.split("/", 1)[1] if "/" in name else name
 
 
 def to_h5_bytes(model) -> bytes:

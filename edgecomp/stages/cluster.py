@@ -22,6 +22,7 @@ from __future__ import annotations
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.clustering.keras import clustering_registry
 
+from edgecomp import models
 from edgecomp._keras import keras
 from edgecomp.config import ClusterConfig
 from edgecomp.stages import batchnorm, common
@@ -78,7 +79,9 @@ def apply(model, params: ClusterConfig, context):
     wrapped, clustered, skipped = wrap_model(model, params, preserve_sparsity)
     skipped = kept + skipped
     common.finetune(wrapped, context, params.epochs, params.learning_rate)
-    stripped = clustering_api.strip_clustering(wrapped)
+    # A fresh build's weight order: strip_clustering leaves a MultiHeadAttention's variables in another order,
+    # which neither a copy by position nor an HDF5 checkpoint could load.
+    stripped = models.copy(clustering_api.strip_clustering(wrapped))
     statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in clustered}
     details = {
         "clusters": params.clusters,
