@@ -289,6 +289,11 @@ class PruneConfig(_Strict):
     learning_rate: float = Field(0.001, gt=0.0, le=MAX_LEARNING_RATE,
                                  description="Adam's learning rate while pruning and recovering")
     ramp_share: float = Field(0.75, gt=0.0, le=1.0, description="polynomial: share of steps ramping to sparsity")
+    min_weights: int = Field(
+        1024, ge=0, le=MAX_COUNT,
+        description="unstructured: kernels with fewer weights are left dense (a first conv of 144 weights pruned "
+                    "to 0.8 cost 2.2 points of 97.8 and saved 115 weights; skipping kernels under 1,024 made "
+                    "prune 0.8 lossless there); 0 prunes every kernel")
     recovery_epochs: int = Field(
         50, ge=0, le=MAX_EPOCHS,
         description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping "

@@ -70,7 +70,7 @@ def test_qat_keeps_the_weight_quantizer_of_a_conv_or_dense_before_a_relu_layer(t
 
 def test_prune_then_qat_keeps_sparsity_on_conv_relu_without_batchnorm(tiny_dataset, context):
     model = build("conv_relu_no_batchnorm", tiny_dataset, epochs=2)
-    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.7, epochs=1), context)
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.7, epochs=1), context)
     after = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=2, learning_rate=0.01), after)
     content = convert(quantized, "int8", calibration=tiny_dataset.x_train[:20])
@@ -80,7 +80,7 @@ def test_prune_then_qat_keeps_sparsity_on_conv_relu_without_batchnorm(tiny_datas
 
 
 def test_fold_cluster_per_tensor_qat_leaves_at_most_clusters_values_per_kernel(tiny_model, tiny_dataset, context):
-    pruned, _ = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.6, epochs=1), context)
+    pruned, _ = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(min_weights=0, sparsity=0.6, epochs=1), context)
     after_prune = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
     clustered, record = stages.apply("cluster", pruned, config.ClusterConfig(clusters=8, epochs=1,
                                                                              fold_batchnorm=True), after_prune)
@@ -141,7 +141,7 @@ def test_per_tensor_clustered_kernels_get_one_lut_each_and_tflm_outputs_stay_ide
                              keras.layers.Dense(tiny_dataset.num_classes)])
     keras.utils.set_random_seed(0)
     training.fit(wide, tiny_dataset, epochs=2, learning_rate=0.01, batch_size=32, patience=0)
-    pruned, _ = stages.apply("prune", models.copy(wide), config.PruneConfig(sparsity=0.5, epochs=1), context)
+    pruned, _ = stages.apply("prune", models.copy(wide), config.PruneConfig(min_weights=0, sparsity=0.5, epochs=1), context)
     after_prune = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
     clustered, _ = stages.apply("cluster", pruned, config.ClusterConfig(clusters=8, epochs=1, fold_batchnorm=True),
                                 after_prune)
@@ -212,7 +212,7 @@ def mnist1d_cnn_and_context():
 
 def test_prune_then_qat_keeps_the_zeros_of_conv1d_rewritten_for_tfmots_preserving_quantizer():
     model, dataset, cfg, context = mnist1d_cnn_and_context()
-    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.8, epochs=1), context)
     after = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1, learning_rate=0.01), after)
     content = convert(quantized, "int8", calibration=dataset.x_train[:50])
@@ -225,7 +225,7 @@ def test_prune_then_qat_keeps_the_zeros_of_conv1d_rewritten_for_tfmots_preservin
 
 def test_prune_cluster_then_qat_keeps_the_clusters_of_conv1d_rewritten_for_tfmots_preserving_quantizer():
     model, dataset, cfg, context = mnist1d_cnn_and_context()
-    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.7, epochs=1), context)
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.7, epochs=1), context)
     after_prune = stages.StageContext(cfg, dataset, context.log_dir, ("prune",))
     clustered, _ = stages.apply("cluster", pruned, config.ClusterConfig(clusters=8, epochs=1), after_prune)
     after = stages.StageContext(cfg, dataset, context.log_dir, ("prune", "cluster"))

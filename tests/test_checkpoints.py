@@ -22,7 +22,7 @@ STAGES = [(0, "baseline"), (1, "prune"), (2, "cluster")]
 def make_config(tmp_path, trust=False):
     return config.from_dict({"name": "resumed", "output_dir": str(tmp_path),
                              "model": {"zoo": "digits_cnn", "trust": trust},
-                             "stages": [{"prune": {"epochs": 1}}, {"cluster": {"clusters": 8}}]})
+                             "stages": [{"prune": {"min_weights": 0, "epochs": 1}}, {"cluster": {"clusters": 8}}]})
 
 
 def tiny_model(seed, layer=None):

@@ -30,7 +30,7 @@ FULL = {
                      "teacher_ensemble": 1}},
         {"low_rank": {"rank_ratio": 0.5, "rank_multiple": 8, "min_params": 100, "finetune_epochs": 1,
                       "learning_rate": 0.001}},
-        {"prune": {"sparsity": 0.5, "epochs": 1, "learning_rate": 0.001, "ramp_share": 0.5, "recovery_epochs": 1,
+        {"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 1, "learning_rate": 0.001, "ramp_share": 0.5, "recovery_epochs": 1,
                    "round_to": 8}},
         {"cluster": {"clusters": 8, "epochs": 1, "learning_rate": 0.001}},
         {"quantize": {"epochs": 1, "learning_rate": 0.001, "distill_temperature": 2.0, "distill_alpha": 0.5}},

@@ -72,7 +72,7 @@ def test_keras3_builder_runs_through_prune_qat_and_int8(tmp_path):
         "    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))\n")
     cfg = {"name": "k3", "output_dir": str(tmp_path / "out"), "data": {"source": "digits"},
            "model": {"builder": "k3_models:build"}, "train": {"epochs": 12, "learning_rate": 0.01},
-           "stages": [{"prune": {"sparsity": 0.5, "epochs": 1, "recovery_epochs": 0}}, {"quantize": {"epochs": 1}}],
+           "stages": [{"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 1, "recovery_epochs": 0}}, {"quantize": {"epochs": 1}}],
            "targets": [{"cpu": {"quantization": "int8", "allow_over_budget": True}}],
            "benchmark": {"runs": 2, "warmup": 0}}
     path = tmp_path / "k3.yaml"

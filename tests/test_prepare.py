@@ -199,7 +199,7 @@ def test_prune_then_qat_keeps_zeros_of_a_rewritten_conv1d_in_the_file(tmp_path):
     keras.utils.set_random_seed(0)
     model = conv1d_separable_net(dataset.num_classes)
     cfg = config.from_dict({"data": {"source": "mnist1d"}})
-    pruned, _ = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1, recovery_epochs=0),
+    pruned, _ = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.8, epochs=1, recovery_epochs=0),
                              StageContext(cfg, dataset, tmp_path))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=1),
                                      StageContext(cfg, dataset, tmp_path, ("prune",)))

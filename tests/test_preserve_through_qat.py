@@ -38,7 +38,7 @@ def _setup():
 
 def test_prune_then_qat_keeps_zeros_of_layers_feeding_a_concat_and_of_separable_convs():
     model, dataset, cfg, log_dir = _setup()
-    pruned, pruning = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1, recovery_epochs=0),
+    pruned, pruning = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.8, epochs=1, recovery_epochs=0),
                              stages.StageContext(cfg, dataset, log_dir))
     quantized, record = stages.apply("quantize", pruned, config.QuantizeConfig(epochs=2, learning_rate=0.01),
                                      stages.StageContext(cfg, dataset, log_dir, ("prune",)))

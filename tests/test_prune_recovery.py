@@ -18,7 +18,7 @@ def test_short_schedule_is_followed_by_recovery_at_full_sparsity(tmp_path):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(dataset.x_train, dataset.y_train, epochs=6, batch_size=64, verbose=0)
     context = StageContext(config.from_dict({"output_dir": str(tmp_path)}), dataset, tmp_path / "logs", ())
-    params = config.PruneConfig(sparsity=0.95, epochs=1, ramp_share=1.0, recovery_epochs=4)
+    params = config.PruneConfig(min_weights=0, sparsity=0.95, epochs=1, ramp_share=1.0, recovery_epochs=4)
     pruned, record = prune.apply(model, params, context)
     recovery = record.details["recovery"]
     assert recovery["validation_after_schedule"] < recovery["validation_before_pruning"] - 0.005

@@ -26,7 +26,7 @@ def kernels(model):
 
 def test_prune_zero_sparsity_is_noop(tiny_model, context):
     before = models.copy(tiny_model)
-    pruned, record = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.0, epochs=1),
+    pruned, record = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(min_weights=0, sparsity=0.0, epochs=1),
                                   context)
     assert all(np.array_equal(a, b) for a, b in zip(before.get_weights(), pruned.get_weights()))
     assert record.nonzero_params == record.params
@@ -34,7 +34,7 @@ def test_prune_zero_sparsity_is_noop(tiny_model, context):
 
 def test_prune_reaches_sparsity_within_one_point_per_layer(tiny_model, context):
     pruned, record = stages.apply("prune", models.copy(tiny_model),
-                                  config.PruneConfig(sparsity=0.6, epochs=2, schedule="polynomial"), context)
+                                  config.PruneConfig(min_weights=0, sparsity=0.6, epochs=2, schedule="polynomial"), context)
     assert record.details["layers"], "no layer was pruned"
     for name, stats in record.details["layers"].items():
         measured = float(np.mean(kernels(pruned)[name] == 0))
@@ -46,7 +46,7 @@ def test_prune_reaches_sparsity_within_one_point_per_layer(tiny_model, context):
 
 def test_prune_constant_schedule_also_reaches_sparsity(tiny_model, context):
     _, record = stages.apply("prune", models.copy(tiny_model),
-                             config.PruneConfig(sparsity=0.5, epochs=1, schedule="constant"), context)
+                             config.PruneConfig(min_weights=0, sparsity=0.5, epochs=1, schedule="constant"), context)
     assert abs(record.details["achieved_sparsity"] - 0.5) <= 0.01
 
 
@@ -64,7 +64,7 @@ def test_prune_2_4_pattern_holds_in_every_prunable_kernel(tiny_model, context):
 
 def test_prune_does_not_touch_the_callers_model(tiny_model, context):
     before = [w.copy() for w in tiny_model.get_weights()]
-    stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.7, epochs=1), context)
+    stages.apply("prune", models.copy(tiny_model), config.PruneConfig(min_weights=0, sparsity=0.7, epochs=1), context)
     assert all(np.array_equal(a, b) for a, b in zip(before, tiny_model.get_weights()))
 
 
@@ -77,7 +77,7 @@ def test_cluster_count_holds_after_strip(tiny_model, context):
 
 
 def test_cluster_after_prune_keeps_the_zeros(tiny_model, context):
-    pruned, _ = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(sparsity=0.7, epochs=1), context)
+    pruned, _ = stages.apply("prune", models.copy(tiny_model), config.PruneConfig(min_weights=0, sparsity=0.7, epochs=1), context)
     after_prune = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
     clustered, record = stages.apply("cluster", models.copy(pruned), config.ClusterConfig(clusters=8, epochs=1),
                                      after_prune)
@@ -103,7 +103,7 @@ def test_qat_model_converts_to_int8_that_runs_and_passes(tiny_model, tiny_datase
 def test_awkward_model_goes_through_prune_qat_int8_and_says_what_it_skipped(tiny_dataset, context):
     model = models.build(config.ModelSpec(builder="tests.custom_models:awkward"), tiny_dataset.input_shape,
                          tiny_dataset.num_classes)
-    pruned, prune_record = stages.apply("prune", models.copy(model), config.PruneConfig(sparsity=0.5, epochs=1),
+    pruned, prune_record = stages.apply("prune", models.copy(model), config.PruneConfig(min_weights=0, sparsity=0.5, epochs=1),
                                         context)
     assert {"layer": "nested", "reason": common.NESTED_MODEL} in prune_record.skipped
     after = stages.StageContext(context.config, context.dataset, context.log_dir, ("prune",))
@@ -138,13 +138,32 @@ def test_depthwise_kernels_tfmot_cannot_prune_are_reported_and_the_file_check_ac
     from edgecomp import zoo
 
     model = zoo.build("ds_cnn", tiny_dataset.input_shape, tiny_dataset.num_classes, {"filters": 8, "blocks": 1})
-    pruned, record = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
+    pruned, record = stages.apply("prune", model, config.PruneConfig(min_weights=0, sparsity=0.8, epochs=1), context)
     reasons = {item["layer"]: item["reason"] for item in record.skipped}
     assert reasons["dw1_conv"] == "tfmot does not prune DepthwiseConv2D weights"
     assert record.details["model_sparsity"] < record.details["achieved_sparsity"]
     content = convert(pruned, "int8", calibration=tiny_dataset.x_train[:20])
     result = cpu.verify(content, "int8", expect={"sparsity": record.details["model_sparsity"]})
     assert result["ok"], result["details"]["rules"]
+
+
+def test_prune_leaves_kernels_under_min_weights_dense_and_says_so(tiny_dataset, context):
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(tiny_dataset.input_shape)
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="small")(inputs)          # 36 weights
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="large")(x)             # 1,152 weights
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, layers.Dense(tiny_dataset.num_classes, name="head")(x))    # 96 weights
+    pruned, record = stages.apply("prune", model, config.PruneConfig(sparsity=0.8, epochs=1), context)
+    reasons = {item["layer"]: item["reason"] for item in record.skipped}
+    assert set(reasons) == {"small", "head"} and "under prune.min_weights (1,024)" in reasons["small"]
+    weights = kernels(pruned)
+    assert np.count_nonzero(np.asarray(weights["small"]) == 0) == 0
+    assert np.mean(np.asarray(weights["large"]) == 0) >= 0.79
+    unchanged, nothing = stages.apply("prune", models.copy(model), config.PruneConfig(sparsity=0.8, min_weights=2000,
+                                                                                       epochs=1), context)
+    assert nothing.details["achieved_sparsity"] == 0.0 and "returned unchanged" in nothing.details["note"]
 
 
 def tiny_transformer(dataset):

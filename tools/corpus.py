@@ -122,7 +122,8 @@ def _applied(stages: list[dict]) -> bool:
         details = stage.get("details", {})
         if stage["stage"] == "low_rank" and not details.get("layers"):
             return False
-        if stage["stage"] == "prune" and details.get("params_ratio") == 1.0:
+        if stage["stage"] == "prune" and (details.get("params_ratio") == 1.0 or "achieved_sparsity" in details
+                                          and not details["achieved_sparsity"]):
             return False
     return True
 
