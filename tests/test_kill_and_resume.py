@@ -18,7 +18,7 @@ CONFIG = {
     "data": {"source": "synthetic", "image_size": [6, 6], "num_classes": 3, "samples": 240, "calibration_samples": 20},
     "model": {"zoo": "digits_cnn", "args": {"width": 0.25}},
     "train": {"epochs": 3},
-    "stages": [{"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 2}}, {"cluster": {"clusters": 8, "epochs": 1}},
+    "stages": [{"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 2, "recovery_epochs": 0}}, {"cluster": {"clusters": 8, "epochs": 1}},
                {"quantize": {"epochs": 1}}],
     "targets": [{"cpu": {"quantization": "int8"}}],
     "benchmark": {"runs": 2, "warmup": 0},

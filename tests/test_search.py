@@ -83,7 +83,7 @@ def test_candidates_go_from_least_to_most_compressed_and_qat_pairs_only_with_int
 def test_fewer_clusters_and_lower_rank_count_as_more_compression(tmp_path):
     raw = search_file(tmp_path, recipes=["prune_cluster_qat"])
     raw["search"]["space"] = {"cluster.clusters": [8, 32, 16], "prune.sparsity": [0.5]}
-    raw["techniques"].update(quantize={"epochs": 1}, prune={"epochs": 1}, cluster={"epochs": 1})
+    raw["techniques"].update(quantize={"epochs": 1}, prune={"epochs": 1, "recovery_epochs": 0}, cluster={"epochs": 1})
     found = search.candidates(search.SearchFileConfig.model_validate(raw))
     assert [c.knobs["cluster.clusters"] for c in found] == [32, 16, 8]
     assert search.ordered_values("low_rank.rank_ratio", [0.25, 0.75, 0.5]) == [0.75, 0.5, 0.25]
