@@ -298,7 +298,7 @@ class PruneConfig(_Strict):
         50, ge=0, le=MAX_EPOCHS,
         description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping "
                     "(patience 3), when validation accuracy ended over 0.5 points below the unpruned model's; "
-                    "0 disables")
+                    "filters: fine-tuning lasts up to epochs + recovery_epochs, with early stopping; 0 disables")
     criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
     scope: Literal["layer", "global"] = Field(
         "layer", description="filters: remove sparsity of each layer's channels, or rank all channels together"

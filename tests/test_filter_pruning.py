@@ -13,7 +13,7 @@ layers = keras.layers
 
 
 def params(**overrides):
-    return config.PruneConfig(**{"structure": "filters", "epochs": 0, **overrides})
+    return config.PruneConfig(**{"structure": "filters", "epochs": 0, "recovery_epochs": 0, **overrides})
 
 
 def random_inputs(model, count=8, seed=0):
@@ -215,11 +215,13 @@ def test_pruned_model_converts_to_int8_and_runs(tiny_model, tiny_dataset):
 
 def test_filters_config_goes_through_the_prune_stage(tiny_model, context):
     cfg = config.from_dict({"stages": [{"prune": {"structure": "filters", "sparsity": 0.5, "round_to": 4,
-                                                  "epochs": 1}}]})
+                                                  "epochs": 1, "recovery_epochs": 3}}]})
     prune_params = config.stage_params(cfg.stages[0])
     pruned, record = stages.apply("prune", models.copy(tiny_model), prune_params, context)
     assert record.stage == "prune" and record.params < models.count_params(tiny_model)
     assert record.details["structure"] == "filters" and record.details["layers"]
+    # Fine-tuning with early stopping: up to epochs + recovery_epochs, and the training loop says what it did.
+    assert 1 <= record.details["finetune"]["epochs"] <= 4 and record.details["finetune"]["training"]
     assert {"accuracy_before_pruning", "accuracy_before_finetune"} <= set(record.details)
     assert 0.0 <= record.metrics["accuracy"] <= 1.0
     assert "sparsity" not in record.details   # no zeroed-weight check for the .tflite: channels are gone

@@ -33,7 +33,7 @@ def search_file(out, **changes) -> dict:
                  "train": {"epochs": 3, "learning_rate": 0.003},
                  "targets": [{"cpu": {"quantization": "int8"}}],
                  "benchmark": {"devices": ["local"], "runs": 5, "warmup": 1, "threads": [1]}},
-        "techniques": {"filters": {"epochs": 1, "learning_rate": 0.001}},
+        "techniques": {"filters": {"epochs": 1, "learning_rate": 0.001, "recovery_epochs": 0}},
         "recipes": ["ptq", "filters"],
         "search": {"constraints": {"max_size_kb": MAX_SIZE_KB, "min_accuracy": 0.5}, "objective": "smallest",
                    "space": {"filters.sparsity": [0.5, 0.25], "quantization": ["int8", "float32"]}},

@@ -14,7 +14,7 @@ QUICK = ["--set", "base.train.epochs=2", "--set", "techniques.prune.epochs=1", "
          "--set", "techniques.cluster.epochs=1",
          "--set", "techniques.quantize.epochs=1", "--set", "techniques.distill.teacher_epochs=1",
          "--set", "techniques.distill.epochs=1", "--set", "techniques.low_rank.finetune_epochs=1",
-         "--set", "techniques.filters.epochs=1", "--set", "base.benchmark.runs=10", "--set", "base.benchmark.warmup=1",
+         "--set", "techniques.filters.epochs=1", "--set", "techniques.filters.recovery_epochs=0", "--set", "base.benchmark.runs=10", "--set", "base.benchmark.warmup=1",
          "--set", "latency_rounds=1"]
 
 

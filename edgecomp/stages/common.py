@@ -53,6 +53,11 @@ def layer_statistics(model) -> dict[str, dict]:
     return statistics
 
 
+# Epochs without validation-loss improvement that end a stage's recovery fine-tuning. 10 epochs at patience 2 ended
+# still improving on 6 of 9 corpus models at sparsity 0.8 (batchnorm_odd validation 0.90 -> 0.95, best at the last).
+RECOVERY_PATIENCE = 3
+
+
 def total_sparsity(statistics: dict[str, dict]) -> float:
     """Zero share over all kernels listed in ``statistics``."""
     weights = sum(s["weights"] for s in statistics.values())

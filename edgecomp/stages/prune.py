@@ -35,9 +35,6 @@ sparsity_api = tfmot.sparsity.keras
 M_BY_N_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 # Validation points below the unpruned model after which the stage fine-tunes on at full sparsity.
 RECOVERY_POINTS = 0.5
-# Epochs without validation-loss improvement that end recovery. 10 epochs at patience 2 ended still improving on
-# 6 of 9 corpus models at sparsity 0.8 (batchnorm_odd validation 0.90 -> 0.95 in 10 epochs, best at the last).
-RECOVERY_PATIENCE = 3
 
 
 def _prunable(layer, structure: str, min_weights: int = 0) -> str | None:
@@ -110,7 +107,7 @@ def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context
     Runs when the pruned model's validation accuracy is more than ``RECOVERY_POINTS``
     below the model the stage was given: up to ``recovery_epochs`` more epochs with
     the masks fixed (the schedule has ended), early stopping on the validation loss
-    (``RECOVERY_PATIENCE``) restoring only weights from these epochs, all at the target sparsity.
+    (``common.RECOVERY_PATIENCE``) restoring only weights from these epochs, all at the target sparsity.
     """
     before = _validation_accuracy(wrapped, context)
     if model_accuracy is None or before is None or (model_accuracy - before) * 100 <= RECOVERY_POINTS:
@@ -118,7 +115,7 @@ def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context
     common.log.info("prune: validation accuracy %.4f after the schedule, %.4f before pruning; fine-tuning up to %d "
                     "more epochs at %.2f sparsity", before, model_accuracy, params.recovery_epochs, params.sparsity)
     history = training.fit(wrapped, context.dataset, epochs=params.recovery_epochs, learning_rate=params.learning_rate,
-                           batch_size=context.config.data.batch_size, log_dir=context.log_dir, patience=RECOVERY_PATIENCE,
+                           batch_size=context.config.data.batch_size, log_dir=context.log_dir, patience=common.RECOVERY_PATIENCE,
                            callbacks=[sparsity_api.UpdatePruningStep()])
     after = _validation_accuracy(wrapped, context)
     return {"validation_before_pruning": model_accuracy, "validation_after_schedule": before,
