@@ -167,7 +167,8 @@ def test_two_workers_on_localhost_train_together_and_only_the_chief_writes(tmp_p
     """About 90 s here: two processes share 2 cores and trace every stage with collective ops."""
     path = write_config(tmp_path, name="workers", distribute={"strategy": "multi_worker"},
                         train={"epochs": 2, "learning_rate": 0.003, "early_stopping_patience": 0},
-                        stages=[{"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 1}}, {"quantize": {"epochs": 1}}])
+                        stages=[{"prune": {"min_weights": 0, "sparsity": 0.5, "epochs": 1, "recovery_epochs": 0}},
+                                {"quantize": {"epochs": 1}}])
     codes, logs = run_two_workers(path, tmp_path)
     assert codes == [0, 0], "\n-----\n".join(log[-3000:] for log in logs)
     run_dir = tmp_path / "models/workers"

@@ -115,8 +115,8 @@ def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context
     common.log.info("prune: validation accuracy %.4f after the schedule, %.4f before pruning; fine-tuning up to %d "
                     "more epochs at %.2f sparsity", before, model_accuracy, params.recovery_epochs, params.sparsity)
     history = training.fit(wrapped, context.dataset, epochs=params.recovery_epochs, learning_rate=params.learning_rate,
-                           batch_size=context.config.data.batch_size, log_dir=context.log_dir, patience=common.RECOVERY_PATIENCE,
-                           callbacks=[sparsity_api.UpdatePruningStep()])
+                           batch_size=context.config.data.batch_size, log_dir=context.log_dir,
+                           patience=common.RECOVERY_PATIENCE, callbacks=[sparsity_api.UpdatePruningStep()])
     after = _validation_accuracy(wrapped, context)
     return {"validation_before_pruning": model_accuracy, "validation_after_schedule": before,
             "validation_after_recovery": after, "epochs": len(history.epoch) if history else 0,
