@@ -167,6 +167,7 @@ class LearningEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
+        level = logging.INFO
         if self.stopped_epoch > 0:
             note = (f"early stopping at epoch {self.stopped_epoch + 1}: validation loss did not improve for "
                     f"{self.patience} epochs; restored epoch {self.best_epoch + 1} (val_loss {self.best:.4f})")
@@ -174,9 +175,10 @@ class LearningEarlyStopping(keras.callbacks.EarlyStopping):
             note = f"trained all epochs; restored the best epoch {self.best_epoch + 1} (val_loss {self.best:.4f})"
             if self.best_epoch >= self.params.get("epochs", 0) - 2:
                 note += "; validation loss was still improving: more epochs may give a better model"
+                level = logging.WARNING
         else:
             note = "validation accuracy stayed near chance in every epoch; kept the last epoch's weights"
-        log.log(logging.WARNING if "still improving" in note else logging.INFO, "training: %s", note)
+        log.log(level, "training: %s", note)
         self.notes.append(note)
 
 

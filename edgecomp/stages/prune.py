@@ -123,6 +123,13 @@ def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context
             "training": history.notes if history else []}
 
 
+def _unchanged(model, context, skipped: list[dict], why: str):
+    """The stage's result when it prunes nothing: ``model`` itself, with a record that says why."""
+    details = {"sparsity": 0.0, "note": f"{why}: model returned unchanged", "layers": {}, "achieved_sparsity": 0.0,
+               "model_sparsity": 0.0}
+    return model, common.record("prune", model, context, skipped, details)
+
+
 def apply(model, params: PruneConfig, context):
     """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
 
@@ -132,17 +139,14 @@ def apply(model, params: PruneConfig, context):
     if params.structure == "filters":
         return filters.apply(model, params, context)
     if params.sparsity == 0.0 and params.structure == "unstructured":
-        details = {"sparsity": 0.0, "note": "sparsity 0: model returned unchanged", "layers": {}}
-        return model, common.record("prune", model, context, [], details)
+        return _unchanged(model, context, [], "sparsity 0")
 
     total_steps = params.epochs * common.steps_per_epoch(context)
     wrapped, pruned, skipped = wrap_model(model, params, total_steps)
     if not pruned:
         common.log.warning("prune: no layer to prune (%s); the model is returned unchanged",
                            "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "no conv/dense kernels")
-        details = {"sparsity": 0.0, "note": "no layer could be pruned: model returned unchanged", "layers": {},
-                   "achieved_sparsity": 0.0, "model_sparsity": 0.0}
-        return model, common.record("prune", model, context, skipped, details)
+        return _unchanged(model, context, skipped, "no layer could be pruned")
     model_accuracy = _validation_accuracy(model, context) if params.recovery_epochs else None
     common.finetune(wrapped, context, params.epochs, params.learning_rate,
                     callbacks=[sparsity_api.UpdatePruningStep()])
