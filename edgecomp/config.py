@@ -220,7 +220,9 @@ class DistillConfig(_Strict):
     student_init: Literal["scratch", "trained"] = Field(
         "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
     )
-    baseline_student: bool = Field(False, description="also train the student alone (same init, seed, epochs)")
+    baseline_student: bool = Field(
+        True, description="also train the student alone (same init, seed, epochs) and keep whichever scores higher "
+                          "on the validation split; false trains only the distilled student")
     features: tuple[FeatureMatch, ...] = ()
     teacher_ensemble: int = Field(
         1, ge=1, le=16,
@@ -259,6 +261,11 @@ class LowRankConfig(_Strict):
     )
     finetune_epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
     learning_rate: float = Field(0.0005, gt=0.0, le=MAX_LEARNING_RATE)
+    recovery_epochs: int = Field(
+        50, ge=0, le=MAX_EPOCHS,
+        description="at most this many more epochs, with early stopping (patience 3, best weights of these epochs "
+                    "restored), when validation accuracy after fine-tuning ended over 0.5 points below the "
+                    "stage's input model's; 0 disables (so do 0 fine-tuning epochs)")
 
     @model_validator(mode="after")
     def _one_rank_rule(self):
@@ -300,8 +307,10 @@ class PruneConfig(_Strict):
                     "(patience 3), when validation accuracy ended over 0.5 points below the unpruned model's; "
                     "filters: fine-tuning lasts up to epochs + recovery_epochs, with early stopping; 0 disables")
     criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
-    scope: Literal["layer", "global"] = Field(
-        "layer", description="filters: remove sparsity of each layer's channels, or rank all channels together"
+    scope: Literal["layer", "global", "sensitivity"] = Field(
+        "layer", description="filters: remove sparsity of each layer's channels (layer), rank all channels "
+                             "together (global), or choose each layer's share by its measured validation loss for "
+                             "the savings of layer (sensitivity)"
     )
     round_to: int = Field(8, ge=1, le=MAX_MULTIPLE,
                           description="filters: kept channels are a multiple of this (SIMD-friendly)")
@@ -320,6 +329,11 @@ class ClusterConfig(_Strict):
     clusters: int = Field(16, ge=2, le=256)
     epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
     learning_rate: float = Field(0.0001, gt=0.0, le=MAX_LEARNING_RATE)
+    recovery_epochs: int = Field(
+        50, ge=0, le=MAX_EPOCHS,
+        description="at most this many more epochs, with early stopping (patience 3, best weights of these epochs "
+                    "restored), when validation accuracy after fine-tuning ended over 0.5 points below the "
+                    "stage's input model's; 0 disables (so do 0 fine-tuning epochs)")
     fold_batchnorm: bool = Field(
         False, description="fold each BatchNormalization into the Conv/Dense before it first, so the clustered "
                            "kernels are the ones the file stores (else the converter's fold scales each channel)"

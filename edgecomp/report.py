@@ -446,6 +446,10 @@ def _distillation_lines(stages: list[StageRecord]) -> list[str]:
             lines += ["", f"Student/teacher params {details['params_ratio']:.3f}×, T={details['temperature']:g}, "
                           f"alpha={details['alpha']:g}, {details['epochs']} epochs"
                       + _error_change(details.get("error_reduction"))]
+            if details.get("kept"):
+                kept = "the student trained alone" if details["kept"] == "student_alone" else "the distilled student"
+                lines += ["", f"Kept {kept} (higher validation accuracy; the distilled one on a tie)."]
+                lines += [f"- {note}" for note in details.get("notes", [])]
             if teacher.get("members"):
                 lines += ["", f"The teacher averages the probabilities of {len(teacher['members'])} models trained "
                               "from different seeds; their own test errors: "

@@ -423,8 +423,8 @@ class StructureChecks:
                 structural = kind == "low_rank" or (kind == "prune" and params.structure == "filters")
                 if not structural:
                     continue
-                no_training = params.model_copy(update={"finetune_epochs": 0} if kind == "low_rank" else
-                                                {"epochs": 0, "recovery_epochs": 0})
+                epochs_key = "finetune_epochs" if kind == "low_rank" else "epochs"
+                no_training = params.model_copy(update={epochs_key: 0, "recovery_epochs": 0})
                 keras.utils.set_random_seed(cfg.seed + index)
                 context = stages.StageContext(cfg, self.dataset, Path(scratch) / f"{index:02d}_{kind}")
                 model, _ = stages.apply(kind, model, no_training, context)

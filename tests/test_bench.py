@@ -64,3 +64,17 @@ def test_timing_loop_reads_the_clock_only_around_each_invoke():
     latencies = agent.time_invokes(invoke, 5, clock=clock)
     # Each latency is the invoke plus exactly one clock read: nothing else sits in between.
     assert latencies == [11.0] * 5 and len(calls) == 5
+
+
+@pytest.mark.parametrize("recorded, expected", [
+    ("x86_64_host.txt", "Intel(R) Xeon(R) Processor"),             # this machine; its numeric "model: 167" comes first
+    ("raspberry_pi4_aarch64.txt", "Raspberry Pi 4 Model B Rev 1.4"),  # 64-bit Pi OS, as users posted it
+    ("raspberry_pi4_armv7.txt", "Raspberry Pi 4 Model B Rev 1.1"),    # 32-bit Pi OS: the board, not "ARMv7 Processor"
+])
+def test_device_info_names_the_cpu_or_board_from_recorded_cpuinfo(recorded, expected):
+    from pathlib import Path
+
+    from edgecomp.devices import agent
+
+    text = (Path(__file__).parent / "data" / "cpuinfo" / recorded).read_text()
+    assert agent.cpu_name(text) == expected

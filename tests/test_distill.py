@@ -134,10 +134,25 @@ def test_distill_stage_records_teacher_student_alone_and_distilled(tiny_dataset,
     assert details["params_ratio"] == pytest.approx(details["student"]["params"] / details["teacher"]["params"],
                                                     abs=1e-4)
     assert 0.0 <= details["student_alone"]["accuracy"] <= 1.0
-    assert details["distilled"]["accuracy"] == record.metrics["accuracy"]
+    assert details["kept"] in ("distilled", "student_alone")
+    assert details[details["kept"]]["accuracy"] == record.metrics["accuracy"]
     assert record.metrics["accuracy"] == training.accuracy(student, tiny_dataset.x_test, tiny_dataset.y_test)
     assert set(details["history"]) >= {"loss", "student_loss", "distillation_loss", "feature_loss", "val_loss"}
     assert len(details["history"]["distillation_loss"]) == 2
+
+
+def test_a_teacher_with_nothing_to_teach_gives_back_the_student_trained_alone(tiny_dataset, tmp_path):
+    cfg = config.from_dict({"data": {"batch_size": 32}})
+    context = stages.StageContext(cfg, tiny_dataset, tmp_path)
+    params = config.DistillConfig(teacher={"zoo": "digits_cnn", "args": {"width": 0.5}}, teacher_epochs=0,
+                                  epochs=3, alpha=0.0, learning_rate=0.01)   # an untrained teacher, soft targets only
+    student, record = stages.apply("distill", small_net(tiny_dataset, 4), params, context)
+    details = record.details
+    assert details["kept"] == "student_alone"
+    assert details["student_alone"]["validation_accuracy"] > details["distilled"]["validation_accuracy"]
+    assert record.metrics["accuracy"] == details["student_alone"]["accuracy"]
+    assert training.accuracy(student, tiny_dataset.x_test, tiny_dataset.y_test) == details["student_alone"]["accuracy"]
+    assert any("does not beat the student trained alone" in note for note in details["notes"])
 
 
 def test_an_ensemble_teacher_gives_the_log_of_its_members_mean_probabilities(tiny_dataset):

@@ -268,3 +268,40 @@ def test_prelu_slopes_are_sliced_with_the_channels_they_follow(shared_axes):
     np.testing.assert_array_equal(pruned.get_layer("prelu").get_weights()[0], expected)
     x = random_inputs(model, 16)
     np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_sensitivity_spends_the_uniform_savings_where_they_cost_least_loss():
+    dataset = data.load(config.DataConfig(source="digits"), seed=0)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(dataset.input_shape)
+    x = layers.Dense(64, activation="relu", name="a")(layers.Flatten()(inputs))
+    x = layers.Dense(16, activation="relu", name="b")(x)
+    model = keras.Model(inputs, layers.Dense(dataset.num_classes, name="logits")(x))
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(dataset.x_train, dataset.y_train, epochs=10, batch_size=64, verbose=0)
+    validation = (dataset.x_val, dataset.y_val)
+    uniform, uniform_details, _ = filters.prune_filters(model, params(sparsity=0.5, round_to=1), validation)
+    chosen, details, _ = filters.prune_filters(model, params(sparsity=0.5, round_to=1, scope="sensitivity"),
+                                               validation)
+    widths = lambda pruned: (pruned.get_layer("a").units, pruned.get_layer("b").units)  # noqa: E731
+    saved = lambda d: 2 - d["params_after"] / d["params_before"] - d["macs_after"] / d["macs_before"]  # noqa: E731
+    assert widths(uniform) == (32, 8) and widths(chosen) != (32, 8)
+    assert saved(details) >= saved(uniform_details) - 1e-9
+    assert filters._cross_entropy(chosen, *validation) < filters._cross_entropy(uniform, *validation)
+    groups = details["sensitivity"]["groups"]
+    assert [group["channels_chosen"] for group in groups] == list(widths(chosen))
+    assert [len(group["loss_increase"]) for group in groups] == [7, 7]       # 0.125 ... 0.875 of the channels
+
+
+def test_knapsack_meets_the_savings_at_least_loss():
+    options = {1: {8: (0.0, 0.0), 4: (0.5, 0.4), 2: (0.9, 0.7)},
+               2: {8: (0.0, 0.0), 4: (0.1, 0.4), 2: (0.2, 0.6)}}
+    assert filters._least_loss(options, 0.6) == {1: 8, 2: 2}
+    assert filters._least_loss(options, 0.8) == {1: 4, 2: 4}
+    assert filters._least_loss(options, 5.0) == {1: 2, 2: 2}         # unreachable: the most saving everywhere
+
+
+def test_sensitivity_needs_validation_data():
+    with pytest.raises(ValueError, match="validation data"):
+        filters.prune_filters(conv_chain(), params(scope="sensitivity"))

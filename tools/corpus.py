@@ -62,6 +62,8 @@ def config_for(model: str, data: dict, recipe: str, out: Path, quick: bool) -> d
         for stage in stages:
             kind, params = next(iter(stage.items()))
             params["finetune_epochs" if kind == "low_rank" else "epochs"] = 1
+            if kind in ("prune", "cluster", "low_rank"):
+                params["recovery_epochs"] = 0
     return cfg
 
 

@@ -53,10 +53,21 @@ def main() -> None:
             "distilled_errors": details["distilled"]["test_errors"], "error_reduction": details["error_reduction"],
             "distilled_vs_teacher_points": round((details["distilled"]["accuracy"]
                                                   - details["teacher"]["accuracy"]) * 100, 2),
+            "validation": {role: details[role]["validation_accuracy"]
+                           for role in ("teacher", "student_alone", "distilled")},
+            "gap_closed_on_validation": _gap_closed(details), "kept": details["kept"],
             "seconds": round(time.time() - started),
         }), flush=True)
     print(f"mean error reduction {statistics.mean(reductions):.1%} over {len(reductions)} seeds "
           f"(min {min(reductions):.1%}, max {max(reductions):.1%})")
+
+
+def _gap_closed(details: dict):
+    """Share of the teacher's validation lead over the student alone that distillation won back (None under 2 pt)."""
+    teacher, alone = details["teacher"]["validation_accuracy"], details["student_alone"]["validation_accuracy"]
+    if teacher is None or alone is None or teacher - alone < 0.02:
+        return None
+    return round((details["distilled"]["validation_accuracy"] - alone) / (teacher - alone), 3)
 
 
 if __name__ == "__main__":

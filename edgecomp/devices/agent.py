@@ -80,16 +80,30 @@ def _peak_rss_mb():
     return maxrss / (1024.0 * 1024.0) if sys.platform == "darwin" else maxrss / 1024.0
 
 
+def cpu_name(cpuinfo: str) -> str:
+    """The board or CPU named by /proc/cpuinfo text: a Pi's ``Model``, else ``model name`` (x86), else ``Hardware``.
+
+    x86 also has a numeric ``model`` line (e.g. "167") before ``model name``: it names nothing.
+    """
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, colon, value = line.partition(":")
+        if colon and value.strip():
+            fields.setdefault(key.strip().lower(), value.strip())
+    for key in ("model", "model name", "hardware", "cpu model"):
+        if key in fields and not fields[key].isdigit():
+            return fields[key]
+    return ""
+
+
 def _device():
-    cpu = platform.processor() or ""
+    cpu = ""
     try:
         with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware", "model\t")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = cpu_name(handle.read())
     except OSError:
         pass
+    cpu = cpu or platform.processor() or ""
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -73,12 +73,17 @@ def wrap_model(model, params: ClusterConfig, preserve_sparsity: bool):
 def apply(model, params: ClusterConfig, context):
     """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
     preserve_sparsity = "prune" in context.previous
+    model_accuracy = common.validation_accuracy(model, context) if params.recovery_epochs else None
     folded, kept = [], []
     if params.fold_batchnorm:
         model, folded, kept = batchnorm.fold_batchnorm(model)
     wrapped, clustered, skipped = wrap_model(model, params, preserve_sparsity)
     skipped = kept + skipped
     common.finetune(wrapped, context, params.epochs, params.learning_rate)
+    # Every epoch trains clustered weights (the wrapper clusters from the start), so restoring the best is safe.
+    recovery = common.recover(wrapped, model_accuracy, context, stage="cluster",
+                              epochs=params.recovery_epochs if params.epochs else 0,
+                              learning_rate=params.learning_rate)
     # A fresh build's weight order: strip_clustering leaves a MultiHeadAttention's variables in another order,
     # which neither a copy by position nor an HDF5 checkpoint could load.
     stripped = models.copy(clustering_api.strip_clustering(wrapped))
@@ -91,4 +96,6 @@ def apply(model, params: ClusterConfig, context):
         "folded_batchnorm": [{"layer": producer, "batchnorm": norm} for producer, norm in folded],
         "layers": statistics,
     }
+    if recovery:
+        details["recovery"] = recovery
     return stripped, common.record("cluster", stripped, context, skipped, details)

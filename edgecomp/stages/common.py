@@ -1,7 +1,9 @@
-"""What the tfmot stages share: fine-tuning without early stopping, weight statistics, records.
+"""What the tfmot stages share: fine-tuning, recovery, weight statistics, records.
 
-Early stopping is off while a stage fine-tunes: restoring "best" weights from an
-earlier epoch would undo pruning or clustering that the schedule applied later.
+Early stopping is off while a stage's schedule runs: restoring "best" weights from an
+earlier epoch would undo pruning that the schedule applied later. Once the schedule
+has ended, ``recover`` fine-tunes on with early stopping when validation accuracy
+is still short of the model the stage was given.
 """
 
 from __future__ import annotations
@@ -56,6 +58,45 @@ def layer_statistics(model) -> dict[str, dict]:
 # Epochs without validation-loss improvement that end a stage's recovery fine-tuning. 10 epochs at patience 2 ended
 # still improving on 6 of 9 corpus models at sparsity 0.8 (batchnorm_odd validation 0.90 -> 0.95, best at the last).
 RECOVERY_PATIENCE = 3
+
+
+# Validation points a stage may end below the model it was given before ``recover`` fine-tunes on.
+RECOVERY_POINTS = 0.5
+
+
+def validation_accuracy(model, context) -> float | None:
+    """Top-1 accuracy on the validation split, or None without one."""
+    dataset = context.dataset
+    if len(dataset.x_val) == 0:
+        return None
+    return training.accuracy(model, dataset.x_val, dataset.y_val)
+
+
+def recover(model, reference_accuracy: float | None, context, *, stage: str, epochs: int, learning_rate: float,
+            callbacks=()) -> dict | None:
+    """Fine-tunes ``model`` on when its validation accuracy ended short of the stage's input; None otherwise.
+
+    Runs when ``model`` scores more than ``RECOVERY_POINTS`` below ``reference_accuracy``
+    (the validation accuracy of the model the stage was given): up to ``epochs`` more
+    epochs, early stopping on the validation loss (``RECOVERY_PATIENCE``), restoring
+    only weights from these epochs, which all carry the stage's compression.
+
+    Returns:
+        ``{"validation_before_stage", "validation_before_recovery", "validation_after_recovery",
+        "epochs", "training"}``, or None when no recovery ran.
+    """
+    before = validation_accuracy(model, context)
+    if epochs <= 0 or reference_accuracy is None or before is None or \
+            (reference_accuracy - before) * 100 <= RECOVERY_POINTS:
+        return None
+    log.info("%s: validation accuracy %.4f after fine-tuning, %.4f before the stage; fine-tuning up to %d more "
+             "epochs with early stopping", stage, before, reference_accuracy, epochs)
+    history = training.fit(model, context.dataset, epochs=epochs, learning_rate=learning_rate,
+                           batch_size=context.config.data.batch_size, log_dir=context.log_dir,
+                           patience=RECOVERY_PATIENCE, callbacks=list(callbacks))
+    return {"validation_before_stage": reference_accuracy, "validation_before_recovery": before,
+            "validation_after_recovery": validation_accuracy(model, context),
+            "epochs": len(history.epoch) if history else 0, "training": history.notes if history else []}
 
 
 def total_sparsity(statistics: dict[str, dict]) -> float:

@@ -4,9 +4,11 @@ The model from ``model:`` is the student. The teacher is built from its own mode
 and trained first (``teacher_epochs``) unless it is loaded from a file, which is taken
 as trained. With ``student_init: scratch`` (the default) the student starts from fresh
 seeded weights, as in the paper; ``trained`` continues from the baseline-trained weights.
-With ``baseline_student: true`` the same student, from the same initial weights, with
-the same seed and epochs, is also trained alone on the hard labels, so the record says
-what distillation bought.
+With ``baseline_student: true`` (the default) the same student, from the same initial
+weights, with the same seed and epochs, is also trained alone on the hard labels, so
+the record says what distillation bought; the stage keeps whichever of the two scores
+higher on the validation split (the distilled one on a tie) and says so, and it warns
+when the teacher does not beat the student alone there.
 
 Example:
     >>> from edgecomp.stages.distill import Distiller
@@ -233,6 +235,7 @@ def apply(model, params: DistillConfig, context):
         },
     }
 
+    alone = None
     if params.baseline_student:
         alone = keras.models.clone_model(student)
         alone.set_weights(initial_weights)
@@ -242,8 +245,8 @@ def apply(model, params: DistillConfig, context):
                      batch_size=context.config.data.batch_size, log_dir=context.log_dir / "student_alone",
                      patience=0)
         accuracy = training.accuracy(alone, dataset.x_test, dataset.y_test)
-        details["student_alone"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset)}
-        del alone
+        details["student_alone"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset),
+                                    "validation_accuracy": common.validation_accuracy(alone, context)}
 
     keras.utils.set_random_seed(seed)
     features = [(match.teacher, match.student, match.weight) for match in params.features]
@@ -253,17 +256,44 @@ def apply(model, params: DistillConfig, context):
              params.temperature, params.alpha, params.epochs)
     details["history"] = fit(distiller, context, epochs=params.epochs, learning_rate=params.learning_rate) \
         if params.epochs > 0 else {}
-    training.compile_model(student, params.learning_rate)   # a plain compiled model for the later stages
-    record = common.record("distill", student, context, [], details)
-    accuracy = record.metrics["accuracy"]
-    details["distilled"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset)}
-    if "student_alone" in details:
+    accuracy = training.accuracy(student, dataset.x_test, dataset.y_test)
+    details["distilled"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset),
+                            "validation_accuracy": common.validation_accuracy(student, context)}
+    if alone is not None:
         alone_errors = details["student_alone"]["test_errors"]
         details["error_reduction"] = round(1.0 - details["distilled"]["test_errors"] / alone_errors, 4) \
             if alone_errors else None
+        details.update(_keep_the_better(details))
+        if details["kept"] == "student_alone":
+            student.set_weights(alone.get_weights())
+    training.compile_model(student, params.learning_rate)   # a plain compiled model for the later stages
+    record = common.record("distill", student, context, [], details)
     log.info("distill: accuracy teacher %.4f, distilled student %.4f%s", teacher_details["accuracy"], accuracy,
-             f", student alone {details['student_alone']['accuracy']:.4f}" if "student_alone" in details else "")
+             f", student alone {details['student_alone']['accuracy']:.4f}" if alone is not None else "")
     return student, record
+
+
+def _keep_the_better(details: dict) -> dict:
+    """``{"kept", "notes"}``: the student the stage returns, judged on validation accuracy, and why."""
+    distilled = details["distilled"]["validation_accuracy"]
+    alone = details["student_alone"]["validation_accuracy"]
+    teacher = details["teacher"].get("validation_accuracy")
+    notes = []
+    if teacher is not None and alone is not None and teacher <= alone:
+        notes.append(f"the teacher ({teacher:.4f}) does not beat the student trained alone ({alone:.4f}) on the "
+                     "validation split: it has little to teach; train it longer or pick a larger teacher")
+    if distilled is None or alone is None:
+        notes.append("no validation split: kept the distilled student without comparing")
+        kept = "distilled"
+    elif alone > distilled:
+        notes.append(f"the student trained alone scores higher on the validation split ({alone:.4f} against "
+                     f"{distilled:.4f} distilled): the stage returns it, not the distilled student")
+        kept = "student_alone"
+    else:
+        kept = "distilled"
+    for note in notes:
+        log.warning("distill: %s", note)
+    return {"kept": kept, "notes": notes}
 
 
 def _teacher(params: DistillConfig, context, seed: int):
@@ -296,7 +326,7 @@ def _teacher(params: DistillConfig, context, seed: int):
         training.accuracy(teacher, dataset.x_test, dataset.y_test)
     details = {
         "name": teacher.name, "params": models.count_params(teacher), "accuracy": accuracy,
-        "test_errors": _errors(accuracy, dataset),
+        "test_errors": _errors(accuracy, dataset), "validation_accuracy": common.validation_accuracy(teacher, context),
         "trained_here": trained_here, "epochs": params.teacher_epochs if trained_here else 0,
     }
     if count > 1:

@@ -348,15 +348,33 @@ def kept_count(channels: int, wanted: int, round_to: int) -> int:
     return min(channels, rounded)
 
 
-def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig) -> tuple[dict[int, np.ndarray], list[dict]]:
-    """``(root → kept-channel mask, group rows)`` for every group that may be pruned."""
+def channel_scores(model, filter_plan: FilterPlan, criterion: str) -> dict[int, np.ndarray]:
+    """Root → summed channel norms of the group's producers, for every group that may be pruned."""
     groups = filter_plan.groups
-    scores: dict[int, np.ndarray] = {}
-    for root in groups.roots():
-        if root in groups.frozen or not groups.producers.get(root):
-            continue
-        scores[root] = sum(channel_norms(model.get_layer(name).kernel.numpy(), params.criterion)
-                           for name in groups.producers[root])
+    return {root: sum(channel_norms(model.get_layer(name).kernel.numpy(), criterion)
+                      for name in groups.producers[root])
+            for root in groups.roots() if root not in groups.frozen and groups.producers.get(root)}
+
+
+def masks_for(scores: dict[int, np.ndarray], kept: dict[int, int]) -> dict[int, np.ndarray]:
+    """Root → mask keeping the ``kept[root]`` highest-scoring channels (all channels of roots not in ``kept``)."""
+    masks = {}
+    for root, score in scores.items():
+        mask = np.zeros(len(score), bool)
+        mask[np.argsort(-score, kind="stable")[:kept.get(root, len(score))]] = True
+        masks[root] = mask
+    return masks
+
+
+def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig,
+                 validation: Optional[tuple[np.ndarray, np.ndarray]] = None
+                 ) -> tuple[dict[int, np.ndarray], list[dict], Optional[dict]]:
+    """``(root → kept-channel mask, group rows, sensitivity record or None)`` for every group that may be pruned.
+
+    ``validation`` (inputs, labels) is needed by ``scope: sensitivity`` only.
+    """
+    groups = filter_plan.groups
+    scores = channel_scores(model, filter_plan, params.criterion)
     wanted: dict[int, int] = {}
     if params.scope == "global" and scores:
         normalized = {root: s / max(float(np.mean(s)), 1e-30) for root, s in scores.items()}
@@ -367,16 +385,121 @@ def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig) -> tuple[d
         wanted = {root: len(scores[root]) - counts[root] for root in scores}
     else:
         wanted = {root: math.ceil((1.0 - params.sparsity) * len(s) - 1e-9) for root, s in scores.items()}
-    masks, rows = {}, []
+    kept = {root: kept_count(len(scores[root]), wanted[root], params.round_to) for root in scores}
+    sensitivity = None
+    if params.scope == "sensitivity" and scores:
+        if validation is None:
+            raise ValueError("scope: sensitivity needs validation data")
+        kept, sensitivity = sensitivity_allocation(model, filter_plan, scores, kept, params, validation)
+    masks = masks_for(scores, kept)
+    rows = [{"producers": list(groups.producers[root]), "channels_before": len(score), "channels_after": kept[root]}
+            for root, score in scores.items()]
+    return masks, rows, sensitivity
+
+
+# ---- sensitivity: per-group ratios by measured loss --------------------------------------
+
+# The per-group sparsities ``scope: sensitivity`` measures (kept counts rounded up to ``round_to``, deduplicated).
+SENSITIVITY_LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+
+
+def _cross_entropy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of ``model`` on ``(x, y)`` (softmax heads and logit heads alike)."""
+    outputs = model.predict(x, batch_size=256, verbose=0).astype(np.float64)
+    if not training.ends_with_softmax(model):
+        outputs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        outputs /= outputs.sum(axis=-1, keepdims=True)
+    return float(-np.mean(np.log(np.clip(outputs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def _cost(model) -> tuple[int, int]:
+    """(params, MACs) of the model's Conv/Depthwise/Dense layers."""
+    costs = layer_costs(model).values()
+    return sum(c["params"] for c in costs), sum(c["macs"] for c in costs)
+
+
+# Re-solves when the rewritten model saves less than the additive estimate (before falling back to uniform).
+SENSITIVITY_ROUNDS = 5
+# The knapsack's resolution: savings are counted in steps of goal / SAVING_STEPS.
+SAVING_STEPS = 400
+
+
+def _least_loss(options: dict[int, dict[int, tuple[float, float]]], goal: float) -> dict[int, int]:
+    """One kept count per group minimizing the summed loss increase with summed savings ≥ ``goal``.
+
+    A multiple-choice knapsack over savings in steps of ``goal / SAVING_STEPS`` (rounded
+    down, so the estimate never overstates); every group's own "keep all" option costs
+    nothing and saves nothing. Falls back to the most saving option of every group when
+    even those do not reach ``goal``.
+    """
+    if goal <= 0:
+        return {root: max(choices) for root, choices in options.items()}
+    unit = goal / SAVING_STEPS
+    best: dict[int, tuple[float, dict[int, int]]] = {0: (0.0, {})}     # capped saving steps → (loss, choice)
+    for root, choices in options.items():
+        merged: dict[int, tuple[float, dict[int, int]]] = {}
+        for steps, (loss, chosen) in best.items():
+            for count, (increase, saved) in choices.items():
+                reached = min(SAVING_STEPS, steps + int(math.floor(saved / unit + 1e-9)))
+                candidate = (loss + increase, {**chosen, root: count})
+                if reached not in merged or candidate[0] < merged[reached][0]:
+                    merged[reached] = candidate
+        best = merged
+    if SAVING_STEPS in best:
+        return best[SAVING_STEPS][1]
+    return {root: min(choices, key=lambda count: -choices[count][1]) for root, choices in options.items()}
+
+
+def sensitivity_allocation(model, filter_plan: FilterPlan, scores: dict[int, np.ndarray], uniform: dict[int, int],
+                           params: PruneConfig, validation) -> tuple[dict[int, int], dict]:
+    """Per-group kept channels that cost the validation loss least for the uniform allocation's savings.
+
+    Each group is pruned alone at each of ``SENSITIVITY_LEVELS`` and the rewritten
+    model's validation cross-entropy is measured (no fine-tuning). Then one count per
+    group is chosen that minimizes the summed loss increase while saving at least
+    what ``sparsity`` applied to every group saves (params and MACs, each relative
+    to the model's; checked on the rewritten model, re-solved when the estimate
+    fell short). Li et al. (2017) prune sensitive layers less by hand; this measures it.
+
+    Returns:
+        ``(root → kept channels, record)``, the record listing each group's measured loss increase.
+    """
+    x, y = validation
+    base_loss = _cross_entropy(model, x, y)
+    base_params, base_macs = _cost(model)
+
+    def saving(pruned) -> float:
+        params_after, macs_after = _cost(pruned)
+        return (base_params - params_after) / max(base_params, 1) + (base_macs - macs_after) / max(base_macs, 1)
+
+    goal = saving(rewrite(model, filter_plan, masks_for(scores, uniform)))
+    options: dict[int, dict[int, tuple[float, float]]] = {}     # root → kept → (loss increase, saving)
     for root, score in scores.items():
-        keep = kept_count(len(score), wanted[root], params.round_to)
-        order = np.argsort(-score, kind="stable")[:keep]
-        mask = np.zeros(len(score), bool)
-        mask[order] = True
-        masks[root] = mask
-        rows.append({"producers": list(groups.producers[root]), "channels_before": len(score),
-                     "channels_after": keep})
-    return masks, rows
+        options[root] = {len(score): (0.0, 0.0)}
+        for level in SENSITIVITY_LEVELS:
+            count = kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9), params.round_to)
+            if count in options[root]:
+                continue
+            pruned = rewrite(model, filter_plan, masks_for(scores, {root: count}))
+            options[root][count] = (_cross_entropy(pruned, x, y) - base_loss, saving(pruned))
+    kept, wanted = _least_loss(options, goal), goal
+    for _ in range(SENSITIVITY_ROUNDS):          # savings are not quite additive: ask more until the real model meets it
+        shortfall = goal - saving(rewrite(model, filter_plan, masks_for(scores, kept)))
+        if shortfall <= 1e-9:
+            break
+        wanted += shortfall
+        kept = _least_loss(options, wanted)
+    else:
+        kept = uniform                           # never less saving than asked
+    record = {"levels": list(SENSITIVITY_LEVELS), "validation_samples": int(len(y)),
+              "groups": [{"producers": list(filter_plan.groups.producers[root]), "channels": len(scores[root]),
+                          "loss_increase": {str(count): round(loss, 5) for count, (loss, _) in options[root].items()
+                                            if count != len(scores[root])},
+                          "channels_uniform": uniform[root], "channels_chosen": kept[root]}
+                         for root in scores]}
+    log.info("prune filters (sensitivity): %s", ", ".join(
+        f"{filter_plan.groups.producers[root][0]} {len(scores[root])}→{kept[root]}" for root in scores))
+    return kept, record
 
 
 # ---- the rewrite -------------------------------------------------------------------------
@@ -466,12 +589,13 @@ def _skipped(filter_plan: FilterPlan) -> list[dict]:
     return skipped
 
 
-def prune_filters(model, params: PruneConfig):
+def prune_filters(model, params: PruneConfig, validation: Optional[tuple[np.ndarray, np.ndarray]] = None):
     """Removes channels as ``params`` asks; returns ``(new model, details, skipped)`` without fine-tuning.
 
     Args:
         model: a functional or Sequential tf_keras model (not changed).
         params: ``sparsity``, ``criterion``, ``scope`` and ``round_to`` are used.
+        validation: ``(inputs, labels)`` that ``scope: sensitivity`` measures on.
 
     Returns:
         The pruned model (functional), the record's details (per-layer channels,
@@ -480,7 +604,7 @@ def prune_filters(model, params: PruneConfig):
     """
     source = models.as_functional(model)
     filter_plan = plan(source)
-    masks, group_rows = choose_masks(source, filter_plan, params)
+    masks, group_rows, sensitivity = choose_masks(source, filter_plan, params, validation)
     pruned = rewrite(source, filter_plan, masks)
     before, after = layer_costs(source), layer_costs(pruned)
     rows = [{"layer": name, "type": cost["type"],
@@ -505,6 +629,8 @@ def prune_filters(model, params: PruneConfig):
     if "flatten" in filter_plan.kinds.values():
         details["flatten"] = "channels feeding a Flatten are pruned too; the Dense after it loses the matching " \
                              "flattened rows"
+    if sensitivity:
+        details["sensitivity"] = sensitivity
     details["params_ratio"] = round(details["params_after"] / details["params_before"], 4)
     details["macs_ratio"] = round(details["macs_after"] / details["macs_before"], 4) if details["macs_before"] \
         else None
@@ -514,7 +640,10 @@ def prune_filters(model, params: PruneConfig):
 def apply(model, params: PruneConfig, context):
     """Returns ``(channel-pruned and fine-tuned model, StageRecord)``; ``model`` is not changed."""
     accuracy_before = training.accuracy(model, context.dataset.x_test, context.dataset.y_test)
-    pruned, details, skipped = prune_filters(model, params)
+    dataset = context.dataset
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else \
+        (dataset.x_train[:512], dataset.y_train[:512])
+    pruned, details, skipped = prune_filters(model, params, validation)
     details["accuracy_before_pruning"] = accuracy_before
     details["accuracy_before_finetune"] = training.accuracy(pruned, context.dataset.x_test, context.dataset.y_test)
     log.info("prune filters: params %s → %s, MACs %s → %s, accuracy %.4f → %.4f before fine-tuning %d epochs",

@@ -304,6 +304,11 @@ def apply(model, params: LowRankConfig, context):
     details["accuracy_before_finetune"] = training.accuracy(rewritten, context.dataset.x_test, context.dataset.y_test)
     details["output_change_before_finetune"] = float(np.max(np.abs(factorized_outputs - reference_outputs)))
     common.finetune(rewritten, context, params.finetune_epochs, params.learning_rate)
+    recovery = common.recover(rewritten, common.validation_accuracy(model, context), context, stage="low_rank",
+                              epochs=params.recovery_epochs if params.finetune_epochs else 0,
+                              learning_rate=params.learning_rate)
+    if recovery:
+        details["recovery"] = recovery
     return rewritten, common.record("low_rank", rewritten, context, skipped, details)
 
 

@@ -26,15 +26,12 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
-from edgecomp import training
 from edgecomp._keras import keras
 from edgecomp.config import PruneConfig
 from edgecomp.stages import common, filters
 
 sparsity_api = tfmot.sparsity.keras
 M_BY_N_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
-# Validation points below the unpruned model after which the stage fine-tunes on at full sparsity.
-RECOVERY_POINTS = 0.5
 
 
 def _prunable(layer, structure: str, min_weights: int = 0) -> str | None:
@@ -94,35 +91,6 @@ def wrap_model(model, params: PruneConfig, total_steps: int):
     return keras.models.clone_model(model, clone_function=wrap), pruned, skipped
 
 
-def _validation_accuracy(model, context) -> float | None:
-    dataset = context.dataset
-    if len(dataset.x_val) == 0:
-        return None
-    return training.accuracy(model, dataset.x_val, dataset.y_val)
-
-
-def _recover(wrapped, model_accuracy: float | None, params: PruneConfig, context) -> dict | None:
-    """Fine-tunes at full sparsity until validation accuracy recovers, when the schedule left it short.
-
-    Runs when the pruned model's validation accuracy is more than ``RECOVERY_POINTS``
-    below the model the stage was given: up to ``recovery_epochs`` more epochs with
-    the masks fixed (the schedule has ended), early stopping on the validation loss
-    (``common.RECOVERY_PATIENCE``) restoring only weights from these epochs, all at the target sparsity.
-    """
-    before = _validation_accuracy(wrapped, context)
-    if model_accuracy is None or before is None or (model_accuracy - before) * 100 <= RECOVERY_POINTS:
-        return None
-    common.log.info("prune: validation accuracy %.4f after the schedule, %.4f before pruning; fine-tuning up to %d "
-                    "more epochs at %.2f sparsity", before, model_accuracy, params.recovery_epochs, params.sparsity)
-    history = training.fit(wrapped, context.dataset, epochs=params.recovery_epochs, learning_rate=params.learning_rate,
-                           batch_size=context.config.data.batch_size, log_dir=context.log_dir,
-                           patience=common.RECOVERY_PATIENCE, callbacks=[sparsity_api.UpdatePruningStep()])
-    after = _validation_accuracy(wrapped, context)
-    return {"validation_before_pruning": model_accuracy, "validation_after_schedule": before,
-            "validation_after_recovery": after, "epochs": len(history.epoch) if history else 0,
-            "training": history.notes if history else []}
-
-
 def _unchanged(model, context, skipped: list[dict], why: str):
     """The stage's result when it prunes nothing: ``model`` itself, with a record that says why."""
     details = {"sparsity": 0.0, "note": f"{why}: model returned unchanged", "layers": {}, "achieved_sparsity": 0.0,
@@ -147,10 +115,12 @@ def apply(model, params: PruneConfig, context):
         common.log.warning("prune: no layer to prune (%s); the model is returned unchanged",
                            "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "no conv/dense kernels")
         return _unchanged(model, context, skipped, "no layer could be pruned")
-    model_accuracy = _validation_accuracy(model, context) if params.recovery_epochs else None
+    model_accuracy = common.validation_accuracy(model, context) if params.recovery_epochs else None
     common.finetune(wrapped, context, params.epochs, params.learning_rate,
                     callbacks=[sparsity_api.UpdatePruningStep()])
-    recovery = _recover(wrapped, model_accuracy, params, context) if params.recovery_epochs else None
+    # The masks are fixed once the schedule has ended: recovery trains at the target sparsity.
+    recovery = common.recover(wrapped, model_accuracy, context, stage="prune", epochs=params.recovery_epochs,
+                              learning_rate=params.learning_rate, callbacks=[sparsity_api.UpdatePruningStep()])
     stripped = sparsity_api.strip_pruning(wrapped)
     statistics = {name: s for name, s in common.layer_statistics(stripped).items() if name in pruned}
     details = {
