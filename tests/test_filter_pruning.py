@@ -305,3 +305,32 @@ def test_knapsack_meets_the_savings_at_least_loss():
 def test_sensitivity_needs_validation_data():
     with pytest.raises(ValueError, match="validation data"):
         filters.prune_filters(conv_chain(), params(scope="sensitivity"))
+
+
+def test_grouped_convolution_keeps_as_many_outputs_in_each_group():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(16, 3, padding="same", groups=2, activation="relu", name="grouped")(x)
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    kernel, bias = model.get_layer("grouped").get_weights()           # kernel (3, 3, 8, 16): two groups of 8 outputs
+    dead = [0, 1, 2, 3, 12, 13, 14, 15]                               # four outputs of each group never fire
+    kernel[..., dead], bias[dead] = 0.0, 0.0
+    model.get_layer("grouped").set_weights([kernel, bias])
+    pruned, _, skipped = filters.prune_filters(model, params(sparsity=0.5, round_to=1))
+    grouped = pruned.get_layer("grouped")
+    assert grouped.groups == 2 and grouped.filters == 8 and grouped.kernel.shape == (3, 3, 8, 8)
+    assert pruned.get_layer("stem").filters == 16                     # its channels reach the grouped conv
+    assert any(item["layer"] == "stem" and "grouped convolution `grouped`" in item["reason"] for item in skipped)
+    x = random_inputs(model)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_grouped_convolution_rounds_kept_outputs_to_its_groups():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 4))
+    x = layers.Conv2D(12, 3, padding="same", groups=4, name="grouped")(inputs)
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    pruned, _, _ = filters.prune_filters(model, params(sparsity=0.5, round_to=1))     # 6 wanted → 8 (2 per group)
+    assert pruned.get_layer("grouped").filters == 8
+    assert pruned.predict(random_inputs(model), verbose=0).shape == (8, 3)

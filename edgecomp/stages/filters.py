@@ -9,9 +9,11 @@ reads them is sliced to match.
 
 How channels flow through the graph:
 
-- **Producers** (Conv1D, Conv2D, Dense; not grouped, channels last) make a new
-  channel group: their ``filters``/``units`` shrink, their kernels lose output
-  columns, and every consuming producer loses the matching input rows.
+- **Producers** (Conv1D, Conv2D, Dense; channels last) make a new channel group:
+  their ``filters``/``units`` shrink, their kernels lose output columns, and every
+  consuming producer loses the matching input rows. A grouped convolution
+  (``groups`` g > 1) keeps the same number of outputs in each of its g groups, and
+  the channels that reach it are kept (its input slices must stay equal).
 - **Pass-through** layers keep the channels of their input: BatchNormalization
   (gamma, beta and moving statistics sliced), PReLU (its per-channel slopes
   sliced; a slope shared by all channels passes them as is), DepthwiseConv2D with
@@ -25,7 +27,7 @@ How channels flow through the graph:
   keeps its own mask.
 - **Flatten** (channels last, static shape) repeats the channel layout once per
   spatial position, so a Dense after it loses the matching flattened rows.
-- Anything else (Reshape, Permute, SeparableConv2D, grouped convs, Conv2DTranspose, LayerNormalization,
+- Anything else (Reshape, Permute, SeparableConv2D, Conv2DTranspose, LayerNormalization,
   softmax over channels, lambda ops, nested models, layers called more than once)
   keeps the channels that reach it: those groups are not pruned and the layers
   that produce them are listed in ``skipped`` with the reason. The model's output
@@ -74,6 +76,7 @@ MERGE_MISMATCH = "element-wise merge of tensors whose channels do not line up: t
 SOFTMAX_OVER_CHANNELS = "softmax over the channel axis: removing channels would change every output"
 CANNOT_REWIRE = "its channels reach `{layer}` ({kind}), which filter pruning cannot rewire; its channels are kept"
 NOT_HANDLED = "{kind} is not handled by filter pruning: its output channels are kept"
+GROUPED_INPUT = "its channels reach the grouped convolution `{layer}`, whose input channels are kept"
 
 PRODUCERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 PASS_THROUGH = (
@@ -105,14 +108,17 @@ class _Groups:
         self.size: list[int] = []
         self.producers: dict[int, list[str]] = {}
         self.frozen: dict[int, str] = {}
+        self.parts: dict[int, int] = {}      # root → equal slices a mask keeps the same count of (grouped convs)
 
-    def new(self, size: int, producer: Optional[str] = None, frozen: Optional[str] = None) -> int:
+    def new(self, size: int, producer: Optional[str] = None, frozen: Optional[str] = None, parts: int = 1) -> int:
         group = len(self.parent)
         self.parent.append(group)
         self.size.append(int(size))
         self.producers[group] = [producer] if producer else []
         if frozen:
             self.frozen[group] = frozen
+        if parts > 1:
+            self.parts[group] = parts
         return group
 
     def find(self, group: int) -> int:
@@ -130,6 +136,9 @@ class _Groups:
         reason = self.frozen.pop(second, None)
         if reason and first not in self.frozen:
             self.frozen[first] = reason
+        parts = math.lcm(self.parts.pop(first, 1), self.parts.pop(second, 1))
+        if parts > 1:
+            self.parts[first] = parts
 
     def freeze(self, group: int, reason: str) -> None:
         self.frozen.setdefault(self.find(group), reason)
@@ -201,8 +210,6 @@ def _classify(layer) -> tuple[str, Optional[str]]:
     if isinstance(layer, keras.Model):
         return "opaque", common.NESTED_MODEL
     if type(layer) in PRODUCERS:
-        if getattr(layer, "groups", 1) != 1:
-            return "opaque", "grouped convolution: its channels are kept"
         if not _channels_last(layer):
             return "opaque", "channels_first layout: its channels are kept"
         return "producer", None
@@ -298,9 +305,12 @@ def plan(model) -> FilterPlan:
         input_layouts[name] = inputs
         if kind == "producer":
             in_size = sum(groups.size[g] for g in inputs[0])
-            if in_size != layer.kernel.shape[-2]:
+            parts = getattr(layer, "groups", 1)
+            if parts > 1:
+                freeze_all(inputs, GROUPED_INPUT.format(layer=name))
+            elif in_size != layer.kernel.shape[-2]:
                 freeze_all(inputs, CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__))
-            group = groups.new(layer.kernel.shape[-1], producer=name)
+            group = groups.new(layer.kernel.shape[-1], producer=name, parts=parts)
             if layer.get_config().get("activation") in CHANNEL_ACTIVATIONS:
                 groups.freeze(group, SOFTMAX_OVER_CHANNELS)
             output_groups[name] = group
@@ -356,14 +366,27 @@ def channel_scores(model, filter_plan: FilterPlan, criterion: str) -> dict[int, 
             for root in groups.roots() if root not in groups.frozen and groups.producers.get(root)}
 
 
-def masks_for(scores: dict[int, np.ndarray], kept: dict[int, int]) -> dict[int, np.ndarray]:
-    """Root → mask keeping the ``kept[root]`` highest-scoring channels (all channels of roots not in ``kept``)."""
+def masks_for(scores: dict[int, np.ndarray], kept: dict[int, int],
+              parts: Optional[dict[int, int]] = None) -> dict[int, np.ndarray]:
+    """Root → mask keeping the ``kept[root]`` highest-scoring channels (all channels of roots not in ``kept``).
+
+    A root with ``parts[root]`` = g (a grouped convolution's output) keeps ``kept / g`` channels in each of its
+    g equal slices, so every group of the convolution keeps as many outputs.
+    """
     masks = {}
     for root, score in scores.items():
+        slices = (parts or {}).get(root, 1)
+        width, each = len(score) // slices, kept.get(root, len(score)) // slices
         mask = np.zeros(len(score), bool)
-        mask[np.argsort(-score, kind="stable")[:kept.get(root, len(score))]] = True
+        for start in range(0, len(score), width):
+            mask[start + np.argsort(-score[start:start + width], kind="stable")[:each]] = True
         masks[root] = mask
     return masks
+
+
+def step(filter_plan: FilterPlan, root: int, round_to: int) -> int:
+    """Kept counts of ``root`` are multiples of this: ``round_to``, and of a grouped convolution's groups."""
+    return math.lcm(round_to, filter_plan.groups.parts.get(root, 1))
 
 
 def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig,
@@ -385,13 +408,14 @@ def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig,
         wanted = {root: len(scores[root]) - counts[root] for root in scores}
     else:
         wanted = {root: math.ceil((1.0 - params.sparsity) * len(s) - 1e-9) for root, s in scores.items()}
-    kept = {root: kept_count(len(scores[root]), wanted[root], params.round_to) for root in scores}
+    kept = {root: kept_count(len(scores[root]), wanted[root], step(filter_plan, root, params.round_to))
+            for root in scores}
     sensitivity = None
     if params.scope == "sensitivity" and scores:
         if validation is None:
             raise ValueError("scope: sensitivity needs validation data")
         kept, sensitivity = sensitivity_allocation(model, filter_plan, scores, kept, params, validation)
-    masks = masks_for(scores, kept)
+    masks = masks_for(scores, kept, filter_plan.groups.parts)
     rows = [{"producers": list(groups.producers[root]), "channels_before": len(score), "channels_after": kept[root]}
             for root, score in scores.items()]
     return masks, rows, sensitivity
@@ -472,19 +496,20 @@ def sensitivity_allocation(model, filter_plan: FilterPlan, scores: dict[int, np.
         params_after, macs_after = _cost(pruned)
         return (base_params - params_after) / max(base_params, 1) + (base_macs - macs_after) / max(base_macs, 1)
 
-    goal = saving(rewrite(model, filter_plan, masks_for(scores, uniform)))
+    goal = saving(rewrite(model, filter_plan, masks_for(scores, uniform, filter_plan.groups.parts)))
     options: dict[int, dict[int, tuple[float, float]]] = {}     # root → kept → (loss increase, saving)
     for root, score in scores.items():
         options[root] = {len(score): (0.0, 0.0)}
         for level in SENSITIVITY_LEVELS:
-            count = kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9), params.round_to)
+            count = kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9),
+                               step(filter_plan, root, params.round_to))
             if count in options[root]:
                 continue
-            pruned = rewrite(model, filter_plan, masks_for(scores, {root: count}))
+            pruned = rewrite(model, filter_plan, masks_for(scores, {root: count}, filter_plan.groups.parts))
             options[root][count] = (_cross_entropy(pruned, x, y) - base_loss, saving(pruned))
     kept, wanted = _least_loss(options, goal), goal
     for _ in range(SENSITIVITY_ROUNDS):          # savings are not quite additive: ask more until the real model meets it
-        shortfall = goal - saving(rewrite(model, filter_plan, masks_for(scores, kept)))
+        shortfall = goal - saving(rewrite(model, filter_plan, masks_for(scores, kept, filter_plan.groups.parts)))
         if shortfall <= 1e-9:
             break
         wanted += shortfall
