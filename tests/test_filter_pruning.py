@@ -334,3 +334,29 @@ def test_grouped_convolution_rounds_kept_outputs_to_its_groups():
     pruned, _, _ = filters.prune_filters(model, params(sparsity=0.5, round_to=1))     # 6 wanted → 8 (2 per group)
     assert pruned.get_layer("grouped").filters == 8
     assert pruned.predict(random_inputs(model), verbose=0).shape == (8, 3)
+
+
+def test_normalization_and_rescaling_inside_the_model_follow_the_channels():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+    normalization = layers.Normalization(axis=-1, name="norm")
+    x = layers.Rescaling(0.5, offset=0.1, name="rescale")(normalization(x))
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    normalization.adapt(keras.Model(inputs, model.get_layer("conv").output).predict(random_inputs(model, 32),
+                                                                                    verbose=0))
+    kernel, bias = model.get_layer("conv").get_weights()
+    kernel[..., 8:], bias[8:] = 0.0, 0.0                     # channels 8-15 give conv output 0 ...
+    model.get_layer("conv").set_weights([kernel, bias])
+    mean, variance, count = normalization.get_weights()
+    mean[8:] = 0.0                                           # ... normalized to 0 and rescaled to the offset
+    normalization.set_weights([mean, variance, count])
+    logits_kernel, logits_bias = model.get_layer("logits").get_weights()
+    logits_kernel[8:] = 0.0                                  # which the head ignores
+    model.get_layer("logits").set_weights([logits_kernel, logits_bias])
+    pruned, _, skipped = filters.prune_filters(model, params(sparsity=0.5, round_to=1))
+    assert pruned.get_layer("conv").filters == 8
+    assert [item["layer"] for item in skipped] == ["logits"]  # only the classes; norm and rescale follow the conv
+    assert pruned.get_layer("norm").get_weights()[0].shape == (8,)
+    x = random_inputs(model)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

@@ -16,7 +16,8 @@ How channels flow through the graph:
   the channels that reach it are kept (its input slices must stay equal).
 - **Pass-through** layers keep the channels of their input: BatchNormalization
   (gamma, beta and moving statistics sliced), PReLU (its per-channel slopes
-  sliced; a slope shared by all channels passes them as is), DepthwiseConv2D with
+  sliced; a slope shared by all channels passes them as is), Normalization
+  (per-channel mean and variance from ``adapt()`` sliced), Rescaling by scalars, DepthwiseConv2D with
   ``depth_multiplier`` 1 (depthwise kernel and bias sliced), activations other than
   softmax, Dropout and its variants, pooling and global pooling, padding,
   cropping, up-sampling.
@@ -155,7 +156,7 @@ class FilterPlan:
         groups: the channel groups (union-find); a root's producers share one mask.
         input_layouts: layer name → layout of each of its inputs (a layout is a tuple
             of group ids whose channels lie side by side on the last axis).
-        kinds: layer name → ``producer``, ``depthwise``, ``batch_norm``, ``channelwise`` (PReLU), ``pass``,
+        kinds: layer name → ``producer``, ``depthwise``, ``batch_norm``, ``channelwise`` (PReLU, Normalization), ``pass``,
             ``merge``, ``concat``, ``flatten`` or ``opaque``.
         output_groups: producer name → its output group id.
         not_handled: ``[{"layer", "reason"}]`` for layers with kernels edgecomp cannot prune.
@@ -230,6 +231,16 @@ def _classify(layer) -> tuple[str, Optional[str]]:
             return "opaque", "PReLU on an input of unknown rank"
         # One slope per channel is sliced like BatchNorm's statistics; one shared by all channels passes them.
         return ("pass", None) if layer.alpha.shape[-1] == 1 else ("channelwise", None)
+    if type(layer) is keras.layers.Rescaling:
+        scalar = all(np.ndim(layer.get_config()[key]) == 0 for key in ("scale", "offset"))
+        return ("pass", None) if scalar else ("opaque", "Rescaling with per-channel scale or offset")
+    if type(layer) is keras.layers.Normalization:
+        config = layer.get_config()
+        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else 0
+        axes = [a % rank for a in config["axis"]] if rank else []
+        if axes == [rank - 1] and config.get("mean") is None and config.get("variance") is None:
+            return "channelwise", None                      # adapted per-channel mean and variance: sliced
+        return "opaque", "Normalization that is not per channel from adapt(): its channels are kept"
     if type(layer) is keras.layers.Activation:
         name = layer.get_config().get("activation")
         if name in CHANNEL_ACTIVATIONS:
@@ -569,7 +580,8 @@ def _sliced_weights(layer, filter_plan: FilterPlan, masks) -> list[np.ndarray]:
         return [kernel] + [np.compress(out_mask, w, axis=-1) for w in weights[1:]]
     if kind == "depthwise":
         return [np.compress(in_mask, weights[0], axis=-2)] + [np.compress(in_mask, w, axis=-1) for w in weights[1:]]
-    return [np.compress(in_mask, w, axis=-1) for w in weights]   # BN's gamma, beta, mean, variance; PReLU's alpha
+    # BN's gamma, beta, mean, variance; PReLU's alpha; Normalization's mean and variance (its count is a scalar)
+    return [np.compress(in_mask, w, axis=-1) if np.ndim(w) else w for w in weights]
 
 
 # ---- records -----------------------------------------------------------------------------
