@@ -21,9 +21,9 @@ def test_corpus_tool_runs_recipes_and_writes_the_table(tmp_path):
     assert "| ptq | mlp | 0 |" in table and "ptq: within 1 pt of float32 on" in table
 
 
-def _row(recipe, model, total_points, applied=True):
+def _row(recipe, model, total_points, applied=True, exit_code=0):
     return {"recipe": recipe, "model": model, "total_points": total_points, "applied": applied, "traceback": False,
-            "seconds": 1.0}
+            "seconds": 1.0, "exit": exit_code}
 
 
 def test_aggregate_uses_each_recipes_budget_and_does_not_count_a_model_the_stage_left_unchanged():
@@ -33,9 +33,11 @@ def test_aggregate_uses_each_recipes_budget_and_does_not_count_a_model_the_stage
     lines = corpus.aggregate([
         _row("filters", "a", -1.4), _row("filters", "b", -1.6),
         _row("low_rank", "a", -0.4), _row("low_rank", "b", -0.6), _row("low_rank", "c", 0.0, applied=False),
+        _row("deep", "a", -0.5), _row("deep", "b", -0.5, exit_code=1),
     ])
     assert lines[0].startswith("filters: within 1.5 pt of float32 on 1/2 models;")
     assert lines[1].startswith("low_rank: within 0.5 pt of float32 on 1/2 models (1 left unchanged, not counted);")
+    assert lines[2].startswith("deep: within 1 pt of float32 on 1/2 models;")     # a failed verdict never counts
 
 
 def test_every_recipe_makes_a_valid_config_also_cut_down(tmp_path):

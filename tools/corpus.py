@@ -156,15 +156,17 @@ def render(rows: list[dict]) -> str:
 def aggregate(rows: list[dict]) -> list[str]:
     """One line per recipe: runs within the recipe's budget of the float32 reference, tracebacks.
 
-    A row whose stage left the model unchanged (``applied`` false: nothing to factorize or prune) is
-    counted apart, not as a success.
+    A run counts when it exited 0 (its files delivered, every verdict passed) and its int8 file is
+    within the budget. A row whose stage left the model unchanged (``applied`` false: nothing to
+    factorize or prune) is counted apart, not as a success.
     """
     lines = []
     for recipe in dict.fromkeys(row["recipe"] for row in rows):
         budget = RECIPE_BUDGETS.get(recipe, BUDGET_POINTS)
         mine = [row for row in rows if row["recipe"] == recipe]
         applied = [row for row in mine if row.get("applied", True)]
-        within = [row for row in applied if row.get("total_points") is not None and row["total_points"] >= -budget]
+        within = [row for row in applied if row.get("exit") == 0 and row.get("total_points") is not None
+                  and row["total_points"] >= -budget]
         tracebacks = sum(row["traceback"] for row in mine)
         unchanged = f" ({len(mine) - len(applied)} left unchanged, not counted)" if len(applied) < len(mine) else ""
         lines.append(f"{recipe}: within {budget:g} pt of float32 on {len(within)}/{len(applied)} models{unchanged}; "
