@@ -13,7 +13,8 @@ layers = keras.layers
 
 
 def params(**overrides):
-    return config.PruneConfig(**{"structure": "filters", "epochs": 0, "recovery_epochs": 0, **overrides})
+    return config.PruneConfig(**{"structure": "filters", "epochs": 0, "recovery_epochs": 0, "scope": "layer",
+                                 **overrides})
 
 
 def random_inputs(model, count=8, seed=0):

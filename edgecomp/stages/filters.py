@@ -509,7 +509,10 @@ def sensitivity_allocation(model, filter_plan: FilterPlan, scores: dict[int, np.
 
     goal = saving(rewrite(model, filter_plan, masks_for(scores, uniform, filter_plan.groups.parts)))
     options: dict[int, dict[int, tuple[float, float]]] = {}     # root → kept → (loss increase, saving)
-    for root, score in scores.items():
+    for number, (root, score) in enumerate(scores.items(), start=1):
+        log.info("prune filters (sensitivity): group %d of %d (%s, %d channels) pruned alone at %d levels",
+                 number, len(scores), ", ".join(filter_plan.groups.producers[root]), len(score),
+                 len(SENSITIVITY_LEVELS))
         options[root] = {len(score): (0.0, 0.0)}
         for level in SENSITIVITY_LEVELS:
             count = kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9),
