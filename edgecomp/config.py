@@ -215,7 +215,10 @@ class DistillConfig(_Strict):
                                             "(a teacher from path is taken as trained)")
     temperature: float = Field(4.0, gt=0.0, le=MAX_TEMPERATURE)
     alpha: float = Field(0.1, ge=0.0, le=1.0, description="weight of the hard-label loss")
-    epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
+    epochs: int = Field(
+        100, ge=0, le=MAX_EPOCHS,
+        description="epochs of the distilled student and of the student alone (no early stopping: both get the "
+                    "same); at 20, MNIST-1D students ended 0.87-0.92 on validation, at 100 0.95-0.98")
     learning_rate: float = Field(0.001, gt=0.0, le=MAX_LEARNING_RATE)
     student_init: Literal["scratch", "trained"] = Field(
         "scratch", description="scratch: fresh seeded weights (Hinton et al.); trained: the baseline-trained weights"
