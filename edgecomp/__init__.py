@@ -7,6 +7,9 @@ Example:
     >>> import edgecomp
     >>> cfg = edgecomp.load_config("configs/quickstart.yaml", ["train.epochs=1"])
     >>> report = edgecomp.run(cfg)                      # doctest: +SKIP
+
+The verbs on in-memory models and arrays (``dataset``, ``compress``, ``convert``,
+``verify``, ``benchmark``) are in ``edgecomp.api``; none changes its input.
 """
 
 from edgecomp.config import Config
@@ -24,14 +27,26 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TargetError",
+    "benchmark",
+    "compress",
+    "convert",
+    "dataset",
     "keras",
     "load_config",
     "run",
+    "verify",
     "__version__",
 ]
 
 
+VERBS = ("dataset", "compress", "convert", "verify", "benchmark")
+
+
 def __getattr__(name):
+    if name in VERBS:
+        from edgecomp import api
+
+        return getattr(api, name)
     if name == "run":
         from edgecomp.pipeline import run
 

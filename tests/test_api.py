@@ -1,0 +1,69 @@
+"""The library verbs on an in-memory model and arrays: each returns something new, none changes its input."""
+
+import numpy as np
+import pytest
+
+import edgecomp
+from edgecomp import training
+from edgecomp._keras import keras
+
+
+@pytest.fixture(scope="module")
+def arrays(tiny_dataset):
+    return tiny_dataset.x_train, tiny_dataset.y_train, tiny_dataset.x_test, tiny_dataset.y_test
+
+
+@pytest.fixture(scope="module")
+def trained(arrays):
+    x, y, _, _ = arrays
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(x.shape[1:])
+    hidden = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    hidden = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(hidden)     # 9,216 weights: pruned
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(hidden))
+    model = keras.Model(inputs, outputs)
+    training.compile_model(model, 0.01)
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+def test_dataset_holds_out_validation_and_test_when_only_training_arrays_are_given(arrays):
+    x, y, _, _ = arrays
+    data = edgecomp.dataset(x, y)
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == len(x)
+    assert len(data.x_test) == pytest.approx(0.2 * len(x), abs=3) and len(data.x_val) > 0
+    assert data.num_classes == 3 and data.input_shape == x.shape[1:]
+
+
+def test_verbs_compress_convert_verify_and_benchmark_without_touching_the_model(arrays, trained):
+    x, y, x_test, y_test = arrays
+    data = edgecomp.dataset(x, y, x_test=x_test, y_test=y_test)
+    before = [w.copy() for w in trained.get_weights()]
+    small, records = edgecomp.compress(trained, [{"prune": {"sparsity": 0.5, "epochs": 2}}, {"quantize": {"epochs": 1}}],
+                                       data)
+    assert [record.stage for record in records] == ["prune", "quantize"]
+    assert records[0].details["achieved_sparsity"] >= 0.49
+    content = edgecomp.convert(small, "cpu", calibration=data.x_train[:50])
+    verdict = edgecomp.verify(content, "cpu", x_test, y_test)
+    assert verdict["ok"], verdict["rules"]
+    assert {rule["rule"] for rule in verdict["rules"]} >= {"loads", "quantization"}
+    assert verdict["metrics"]["samples"] == len(x_test) and verdict["metrics"]["accuracy"] > 0.8
+    micro_file = edgecomp.convert(trained, "micro", calibration=data.x_train[:50])
+    micro_verdict = edgecomp.verify(micro_file, "micro", x_test[:20], y_test[:20])
+    assert micro_verdict["metrics"]["runtime"] == "tflm" and "arena_bytes" in micro_verdict["details"]
+    timing = edgecomp.benchmark(content, runs=5, warmup=1)
+    assert timing["latency_ms"]["p50"] > 0 and timing["device"] == "local"
+    assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights())), "the input model changed"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, d: edgecomp.compress(m, [{"prune": {"sparsty": 0.5}}], d), edgecomp.ConfigError, "sparsty"),
+    (lambda m, d: edgecomp.compress(m, [{"shrink": {}}], d), edgecomp.ConfigError, "shrink"),
+    (lambda m, d: edgecomp.convert(m, "npu"), edgecomp.ConfigError, "allowed: cpu, gpu, edgetpu, micro"),
+    (lambda m, d: edgecomp.convert(m, "cpu"), edgecomp.ConfigError, "needs calibration"),
+    (lambda m, d: edgecomp.convert(m, "cpu", quantization="int4"), edgecomp.ConfigError, "quantization"),
+    (lambda m, d: edgecomp.dataset(d.x_train, d.y_train[:-1]), edgecomp.DataError, "labels"),
+])
+def test_bad_arguments_raise_the_projects_errors_naming_what_to_fix(trained, tiny_dataset, call, error, message):
+    with pytest.raises(error, match=message):
+        call(trained, tiny_dataset)
