@@ -565,7 +565,11 @@ class BenchmarkConfig(_Strict):
 
 
 class Config(_Strict):
-    """The whole run configuration."""
+    """The whole run configuration.
+
+    ``Config(**values)`` and ``from_dict(values)`` validate alike: a bad key or value raises
+    ``ConfigError`` naming it (never pydantic's ``ValidationError``).
+    """
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"0..{MAX_SEED} (2**31 - 1)")
@@ -577,6 +581,14 @@ class Config(_Strict):
     targets: tuple[Target, ...] = (CpuTarget(),)
     benchmark: BenchmarkConfig = BenchmarkConfig()
     distribute: DistributeConfig = DistributeConfig()
+
+    def __init__(self, **values):
+        # Only the top level: pydantic calls a custom __init__ for nested models too, which would lose the path.
+        # ``from_dict`` (model_validate) comes through here as well and puts the file's name in front.
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(error)) from None
 
     @model_validator(mode="after")
     def _stages_and_targets_fit_together(self):
@@ -809,8 +821,10 @@ def from_dict(raw: dict, source: str = "config") -> Config:
                           f"python -m edgecomp.{tool} --config {source}")
     try:
         return Config.model_validate(raw)
-    except ValidationError as error:
+    except ValidationError as error:        # not a map at all: pydantic refuses it before Config.__init__
         raise ConfigError(f"{source}: {format_validation_error(error)}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def apply_override(raw: dict, override: str) -> None:

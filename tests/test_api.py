@@ -67,3 +67,13 @@ def test_verbs_compress_convert_verify_and_benchmark_without_touching_the_model(
 def test_bad_arguments_raise_the_projects_errors_naming_what_to_fix(trained, tiny_dataset, call, error, message):
     with pytest.raises(error, match=message):
         call(trained, tiny_dataset)
+
+
+def test_a_config_built_in_python_raises_config_error_naming_the_key():
+    from edgecomp import config
+
+    with pytest.raises(edgecomp.ConfigError, match="unknown key 'bad'; allowed keys here: name, seed"):
+        edgecomp.Config(bad=1)
+    with pytest.raises(edgecomp.ConfigError, match=r"stages\[0\]\.prune\.sparsity: Input should be less than 1"):
+        edgecomp.Config(stages=[{"prune": {"sparsity": 2.0}}])
+    assert edgecomp.Config(seed=3) == config.from_dict({"seed": 3})
