@@ -6,7 +6,7 @@ import pytest
 from edgecomp import config, data, models, runtime, stages
 from edgecomp._keras import keras
 from edgecomp.errors import ConfigError
-from edgecomp.stages import filters
+from edgecomp.stages import filter_sensitivity, filters
 from edgecomp.targets.convert import convert
 
 layers = keras.layers
@@ -289,7 +289,7 @@ def test_sensitivity_spends_the_uniform_savings_where_they_cost_least_loss():
     saved = lambda d: 2 - d["params_after"] / d["params_before"] - d["macs_after"] / d["macs_before"]  # noqa: E731
     assert widths(uniform) == (32, 8) and widths(chosen) != (32, 8)
     assert saved(details) >= saved(uniform_details) - 1e-9
-    assert filters._cross_entropy(chosen, *validation) < filters._cross_entropy(uniform, *validation)
+    assert filter_sensitivity._cross_entropy(chosen, *validation) < filter_sensitivity._cross_entropy(uniform, *validation)
     groups = details["sensitivity"]["groups"]
     assert [group["channels_chosen"] for group in groups] == list(widths(chosen))
     assert [len(group["loss_increase"]) for group in groups] == [7, 7]       # 0.125 ... 0.875 of the channels
@@ -298,9 +298,9 @@ def test_sensitivity_spends_the_uniform_savings_where_they_cost_least_loss():
 def test_knapsack_meets_the_savings_at_least_loss():
     options = {1: {8: (0.0, 0.0), 4: (0.5, 0.4), 2: (0.9, 0.7)},
                2: {8: (0.0, 0.0), 4: (0.1, 0.4), 2: (0.2, 0.6)}}
-    assert filters._least_loss(options, 0.6) == {1: 8, 2: 2}
-    assert filters._least_loss(options, 0.8) == {1: 4, 2: 4}
-    assert filters._least_loss(options, 5.0) == {1: 2, 2: 2}         # unreachable: the most saving everywhere
+    assert filter_sensitivity._least_loss(options, 0.6) == {1: 8, 2: 2}
+    assert filter_sensitivity._least_loss(options, 0.8) == {1: 4, 2: 4}
+    assert filter_sensitivity._least_loss(options, 5.0) == {1: 2, 2: 2}         # unreachable: the most saving everywhere
 
 
 def test_sensitivity_needs_validation_data():

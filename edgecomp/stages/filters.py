@@ -36,8 +36,11 @@ How channels flow through the graph:
 
 ``sparsity`` is the share of channels removed: per group (``scope: layer``), or
 over all groups at once by norms divided by the mean norm of their group
-(``scope: global``). The kept count is rounded *up* to a multiple of ``round_to``
-(never below ``round_to``, never above the original count).
+(``scope: global``), or per group as measured (``scope: sensitivity``, the default:
+``edgecomp.stages.filter_sensitivity`` spends the savings of ``layer`` where they cost
+the least validation loss). The kept count is rounded *up* to a multiple of
+``round_to`` (never below ``round_to``, never above the original count). The channel
+graph (groups, kinds, reasons) is built by ``edgecomp.stages.filter_plan``.
 
 The new model is built from the old model's ``get_config()`` with new
 ``filters``/``units`` and sliced weights, so functional models with branches keep
@@ -55,7 +58,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from typing import Optional
@@ -66,290 +68,16 @@ from edgecomp import models, training
 from edgecomp._keras import keras
 from edgecomp.config import PruneConfig
 from edgecomp.stages import common
+# The channel graph and the reasons it keeps channels live in filter_plan; re-exported for callers and tests.
+from edgecomp.stages.filter_plan import (  # noqa: F401
+    CANNOT_REWIRE, GROUPED_INPUT, MERGE_MISMATCH, MODEL_INPUT, NOT_HANDLED, OUTPUT_LAYER, SHARED_LAYER,
+    SOFTMAX_OVER_CHANNELS, FilterPlan, plan,
+)
 
 log = logging.getLogger("edgecomp")
 
-# Reasons a layer's output channels are kept; named so reports and tests can rely on them.
-OUTPUT_LAYER = "model output: its units are the classes and are never pruned"
-MODEL_INPUT = "coupled (by an element-wise merge) with the model input, whose channels are never removed"
-SHARED_LAYER = "layer is called more than once (shared weights): the channels around it are kept"
-MERGE_MISMATCH = "element-wise merge of tensors whose channels do not line up: the channels are kept"
-SOFTMAX_OVER_CHANNELS = "softmax over the channel axis: removing channels would change every output"
-CANNOT_REWIRE = "its channels reach `{layer}` ({kind}), which filter pruning cannot rewire; its channels are kept"
-NOT_HANDLED = "{kind} is not handled by filter pruning: its output channels are kept"
-GROUPED_INPUT = "its channels reach the grouped convolution `{layer}`, whose input channels are kept"
-
-PRODUCERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
-PASS_THROUGH = (
-    keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.ThresholdedReLU,
-    keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
-    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.Cropping1D, keras.layers.Cropping2D,
-    keras.layers.UpSampling1D, keras.layers.UpSampling2D,
-)
-MERGES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Average,
-          keras.layers.Maximum, keras.layers.Minimum)
-CHANNEL_ACTIVATIONS = ("softmax", "log_softmax")
 # Layer types whose weights are counted as MACs: output positions × kernel weights.
 MAC_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-
-
-# ---- channel groups -----------------------------------------------------------------
-
-
-class _Groups:
-    """Union-find over channel groups: coupled groups share one root, one mask, one frozen reason."""
-
-    def __init__(self):
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.producers: dict[int, list[str]] = {}
-        self.frozen: dict[int, str] = {}
-        self.parts: dict[int, int] = {}      # root → equal slices a mask keeps the same count of (grouped convs)
-
-    def new(self, size: int, producer: Optional[str] = None, frozen: Optional[str] = None, parts: int = 1) -> int:
-        group = len(self.parent)
-        self.parent.append(group)
-        self.size.append(int(size))
-        self.producers[group] = [producer] if producer else []
-        if frozen:
-            self.frozen[group] = frozen
-        if parts > 1:
-            self.parts[group] = parts
-        return group
-
-    def find(self, group: int) -> int:
-        while self.parent[group] != group:
-            self.parent[group] = self.parent[self.parent[group]]
-            group = self.parent[group]
-        return group
-
-    def union(self, first: int, second: int) -> None:
-        first, second = self.find(first), self.find(second)
-        if first == second:
-            return
-        self.parent[second] = first
-        self.producers[first] += self.producers.pop(second)
-        reason = self.frozen.pop(second, None)
-        if reason and first not in self.frozen:
-            self.frozen[first] = reason
-        parts = math.lcm(self.parts.pop(first, 1), self.parts.pop(second, 1))
-        if parts > 1:
-            self.parts[first] = parts
-
-    def freeze(self, group: int, reason: str) -> None:
-        self.frozen.setdefault(self.find(group), reason)
-
-    def roots(self) -> list[int]:
-        return sorted({self.find(group) for group in range(len(self.parent))})
-
-
-@dataclasses.dataclass
-class FilterPlan:
-    """What filter pruning found in a model, before anything is removed.
-
-    Attributes:
-        groups: the channel groups (union-find); a root's producers share one mask.
-        input_layouts: layer name → layout of each of its inputs (a layout is a tuple
-            of group ids whose channels lie side by side on the last axis).
-        kinds: layer name → ``producer``, ``depthwise``, ``batch_norm``, ``channelwise`` (PReLU, Normalization), ``pass``,
-            ``merge``, ``concat``, ``flatten`` or ``opaque``.
-        output_groups: producer name → its output group id.
-        not_handled: ``[{"layer", "reason"}]`` for layers with kernels edgecomp cannot prune.
-    """
-
-    groups: _Groups
-    input_layouts: dict[str, list[tuple[int, ...]]]
-    kinds: dict[str, str]
-    output_groups: dict[str, int]
-    not_handled: list[dict]
-
-    def layout_mask(self, layout: tuple[int, ...], masks: dict[int, np.ndarray]) -> np.ndarray:
-        """The boolean channel mask of a layout, given one mask per group root."""
-        parts = [masks.get(self.groups.find(g), np.ones(self.groups.size[g], bool)) for g in layout]
-        return np.concatenate(parts) if parts else np.zeros(0, bool)
-
-
-def _node_refs(node) -> list[tuple[str, int, int]]:
-    """``(layer, node index, tensor index)`` of every tensor a serialized node reads, kwargs included."""
-    refs: list[tuple[str, int, int]] = []
-
-    def visit(item):
-        if isinstance(item, (list, tuple)):
-            if len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int) \
-                    and isinstance(item[2], int):
-                refs.append((item[0], item[1], item[2]))
-                for rest in item[3:]:
-                    visit(rest)
-            else:
-                for sub in item:
-                    visit(sub)
-        elif isinstance(item, dict):
-            for value in item.values():
-                visit(value)
-
-    visit(node)
-    return refs
-
-
-def _channels(shape) -> int:
-    if isinstance(shape, list) and shape and isinstance(shape[0], (tuple, list)):
-        shape = shape[0]
-    return int(shape[-1]) if shape and shape[-1] is not None else 0
-
-
-def _channels_last(layer) -> bool:
-    return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
-
-
-def _classify(layer) -> tuple[str, Optional[str]]:
-    """``(kind, reason)``: how channels flow through ``layer``; ``reason`` when it is opaque."""
-    if isinstance(layer, keras.Model):
-        return "opaque", common.NESTED_MODEL
-    if type(layer) in PRODUCERS:
-        if not _channels_last(layer):
-            return "opaque", "channels_first layout: its channels are kept"
-        return "producer", None
-    if type(layer) is keras.layers.DepthwiseConv2D:
-        if layer.depth_multiplier != 1:
-            return "opaque", "DepthwiseConv2D with depth_multiplier > 1: its channels are kept"
-        if not _channels_last(layer):
-            return "opaque", "channels_first layout: its channels are kept"
-        return "depthwise", None
-    if type(layer) is keras.layers.BatchNormalization:
-        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else 0
-        axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        if rank and [a % rank for a in axes] == [rank - 1]:
-            return "batch_norm", None
-        return "opaque", "BatchNormalization over an axis other than the last"
-    if type(layer) is keras.layers.PReLU:
-        if not isinstance(layer.input_shape, tuple) or len(layer.alpha.shape) != len(layer.input_shape) - 1:
-            return "opaque", "PReLU on an input of unknown rank"
-        # One slope per channel is sliced like BatchNorm's statistics; one shared by all channels passes them.
-        return ("pass", None) if layer.alpha.shape[-1] == 1 else ("channelwise", None)
-    if type(layer) is keras.layers.Rescaling:
-        scalar = all(np.ndim(layer.get_config()[key]) == 0 for key in ("scale", "offset"))
-        return ("pass", None) if scalar else ("opaque", "Rescaling with per-channel scale or offset")
-    if type(layer) is keras.layers.Normalization:
-        config = layer.get_config()
-        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else 0
-        axes = [a % rank for a in config["axis"]] if rank else []
-        if axes == [rank - 1] and config.get("mean") is None and config.get("variance") is None:
-            return "channelwise", None                      # adapted per-channel mean and variance: sliced
-        return "opaque", "Normalization that is not per channel from adapt(): its channels are kept"
-    if type(layer) is keras.layers.Activation:
-        name = layer.get_config().get("activation")
-        if name in CHANNEL_ACTIVATIONS:
-            return "opaque", SOFTMAX_OVER_CHANNELS
-        return "pass", None
-    if type(layer) in PASS_THROUGH:
-        return ("pass", None) if _channels_last(layer) else ("opaque", "channels_first layout")
-    if type(layer) in MERGES:
-        return "merge", None
-    if type(layer) is keras.layers.Concatenate:
-        rank = len(layer.output_shape) if isinstance(layer.output_shape, tuple) else 0
-        if rank and layer.axis % rank == rank - 1:
-            return "concat", None
-        return "opaque", "Concatenate on an axis other than the channels"
-    if type(layer) is keras.layers.Flatten:
-        shape = layer.input_shape
-        if _channels_last(layer) and isinstance(shape, tuple) and all(d is not None for d in shape[1:]):
-            return "flatten", None
-        return "opaque", "Flatten of a tensor without a static channels-last shape"
-    return "opaque", None
-
-
-def plan(model) -> FilterPlan:
-    """Follows channels through ``model`` (functional) and groups the ones that must be pruned together.
-
-    Raises:
-        ModelError: ``model`` is subclassed (see ``models.check_functional``).
-    """
-    models.check_functional(model, "prune (structure: filters)")
-    config = model.get_config()
-    groups = _Groups()
-    layouts: dict[tuple[str, int, int], tuple[int, ...]] = {}
-    input_layouts: dict[str, list[tuple[int, ...]]] = {}
-    kinds: dict[str, str] = {}
-    output_groups: dict[str, int] = {}
-    not_handled: list[dict] = []
-
-    def frozen_layout(layer, reason: str, node_index: int = 0) -> tuple[int, ...]:
-        shape = layer.get_output_shape_at(node_index) if len(layer.inbound_nodes) > 1 else layer.output_shape
-        return (groups.new(_channels(shape), frozen=reason),)
-
-    def freeze_all(layouts_in, reason: str) -> None:
-        for layout in layouts_in:
-            for group in layout:
-                groups.freeze(group, reason)
-
-    for entry in config["layers"]:
-        name = entry["config"]["name"]
-        layer = model.get_layer(name)
-        nodes = entry.get("inbound_nodes") or []
-        if not nodes:                                              # an InputLayer
-            kinds[name] = "input"
-            layouts[(name, 0, 0)] = frozen_layout(layer, MODEL_INPUT)
-            continue
-        kind, reason = ("opaque", SHARED_LAYER) if len(nodes) > 1 else _classify(layer)
-        node_inputs = []
-        for node_index, node in enumerate(nodes):
-            refs = _node_refs(node)
-            inputs = [layouts[ref] if ref in layouts else frozen_layout(model.get_layer(ref[0]), MODEL_INPUT)
-                      for ref in refs]
-            node_inputs.append(inputs)
-            if kind == "opaque":
-                message = reason if reason in (SHARED_LAYER, common.NESTED_MODEL) else \
-                    CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__)
-                freeze_all(inputs, message)
-                layouts[(name, node_index, 0)] = frozen_layout(layer, message, node_index)
-        kinds[name] = kind
-        if kind == "opaque":
-            if common.kernel_weights(layer) or isinstance(layer, keras.Model):
-                not_handled.append({"layer": name, "reason": reason or NOT_HANDLED.format(kind=type(layer).__name__)})
-            continue
-        inputs = node_inputs[0]
-        input_layouts[name] = inputs
-        if kind == "producer":
-            in_size = sum(groups.size[g] for g in inputs[0])
-            parts = getattr(layer, "groups", 1)
-            if parts > 1:
-                freeze_all(inputs, GROUPED_INPUT.format(layer=name))
-            elif in_size != layer.kernel.shape[-2]:
-                freeze_all(inputs, CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__))
-            group = groups.new(layer.kernel.shape[-1], producer=name, parts=parts)
-            if layer.get_config().get("activation") in CHANNEL_ACTIVATIONS:
-                groups.freeze(group, SOFTMAX_OVER_CHANNELS)
-            output_groups[name] = group
-            layouts[(name, 0, 0)] = (group,)
-        elif kind in ("depthwise", "batch_norm", "channelwise", "pass"):
-            layouts[(name, 0, 0)] = inputs[0]
-        elif kind == "merge":
-            first = inputs[0]
-            sizes = [tuple(groups.size[g] for g in layout) for layout in inputs]
-            if len(set(sizes)) == 1:
-                for layout in inputs[1:]:
-                    for a, b in zip(first, layout):
-                        groups.union(a, b)
-                layouts[(name, 0, 0)] = first
-            else:
-                freeze_all(inputs, MERGE_MISMATCH)
-                layouts[(name, 0, 0)] = frozen_layout(layer, MERGE_MISMATCH)
-        elif kind == "concat":
-            layouts[(name, 0, 0)] = tuple(g for layout in inputs for g in layout)
-        elif kind == "flatten":
-            repeat = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
-            layouts[(name, 0, 0)] = inputs[0] * repeat
-
-    for output in config["output_layers"]:
-        ref = (output[0], output[1], output[2])
-        for group in layouts.get(ref, ()):
-            groups.freeze(group, OUTPUT_LAYER)
-    return FilterPlan(groups, input_layouts, kinds, output_groups, not_handled)
 
 
 # ---- choosing channels --------------------------------------------------------------
@@ -425,120 +153,13 @@ def choose_masks(model, filter_plan: FilterPlan, params: PruneConfig,
     if params.scope == "sensitivity" and scores:
         if validation is None:
             raise ValueError("scope: sensitivity needs validation data")
-        kept, sensitivity = sensitivity_allocation(model, filter_plan, scores, kept, params, validation)
+        from edgecomp.stages import filter_sensitivity   # it uses this module's rewrite
+
+        kept, sensitivity = filter_sensitivity.allocate(model, filter_plan, scores, kept, params, validation)
     masks = masks_for(scores, kept, filter_plan.groups.parts)
     rows = [{"producers": list(groups.producers[root]), "channels_before": len(score), "channels_after": kept[root]}
             for root, score in scores.items()]
     return masks, rows, sensitivity
-
-
-# ---- sensitivity: per-group ratios by measured loss --------------------------------------
-
-# The per-group sparsities ``scope: sensitivity`` measures (kept counts rounded up to ``round_to``, deduplicated).
-SENSITIVITY_LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-
-
-def _cross_entropy(model, x: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy of ``model`` on ``(x, y)`` (softmax heads and logit heads alike)."""
-    outputs = model.predict(x, batch_size=256, verbose=0).astype(np.float64)
-    if not training.ends_with_softmax(model):
-        outputs = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
-        outputs /= outputs.sum(axis=-1, keepdims=True)
-    return float(-np.mean(np.log(np.clip(outputs[np.arange(len(y)), y], 1e-12, None))))
-
-
-def _cost(model) -> tuple[int, int]:
-    """(params, MACs) of the model's Conv/Depthwise/Dense layers."""
-    costs = layer_costs(model).values()
-    return sum(c["params"] for c in costs), sum(c["macs"] for c in costs)
-
-
-# Re-solves when the rewritten model saves less than the additive estimate (before falling back to uniform).
-SENSITIVITY_ROUNDS = 5
-# The knapsack's resolution: savings are counted in steps of goal / SAVING_STEPS.
-SAVING_STEPS = 400
-
-
-def _least_loss(options: dict[int, dict[int, tuple[float, float]]], goal: float) -> dict[int, int]:
-    """One kept count per group minimizing the summed loss increase with summed savings ≥ ``goal``.
-
-    A multiple-choice knapsack over savings in steps of ``goal / SAVING_STEPS`` (rounded
-    down, so the estimate never overstates); every group's own "keep all" option costs
-    nothing and saves nothing. Falls back to the most saving option of every group when
-    even those do not reach ``goal``.
-    """
-    if goal <= 0:
-        return {root: max(choices) for root, choices in options.items()}
-    unit = goal / SAVING_STEPS
-    best: dict[int, tuple[float, dict[int, int]]] = {0: (0.0, {})}     # capped saving steps → (loss, choice)
-    for root, choices in options.items():
-        merged: dict[int, tuple[float, dict[int, int]]] = {}
-        for steps, (loss, chosen) in best.items():
-            for count, (increase, saved) in choices.items():
-                reached = min(SAVING_STEPS, steps + int(math.floor(saved / unit + 1e-9)))
-                candidate = (loss + increase, {**chosen, root: count})
-                if reached not in merged or candidate[0] < merged[reached][0]:
-                    merged[reached] = candidate
-        best = merged
-    if SAVING_STEPS in best:
-        return best[SAVING_STEPS][1]
-    return {root: min(choices, key=lambda count: -choices[count][1]) for root, choices in options.items()}
-
-
-def sensitivity_allocation(model, filter_plan: FilterPlan, scores: dict[int, np.ndarray], uniform: dict[int, int],
-                           params: PruneConfig, validation) -> tuple[dict[int, int], dict]:
-    """Per-group kept channels that cost the validation loss least for the uniform allocation's savings.
-
-    Each group is pruned alone at each of ``SENSITIVITY_LEVELS`` and the rewritten
-    model's validation cross-entropy is measured (no fine-tuning). Then one count per
-    group is chosen that minimizes the summed loss increase while saving at least
-    what ``sparsity`` applied to every group saves (params and MACs, each relative
-    to the model's; checked on the rewritten model, re-solved when the estimate
-    fell short). Li et al. (2017) prune sensitive layers less by hand; this measures it.
-
-    Returns:
-        ``(root → kept channels, record)``, the record listing each group's measured loss increase.
-    """
-    x, y = validation
-    base_loss = _cross_entropy(model, x, y)
-    base_params, base_macs = _cost(model)
-
-    def saving(pruned) -> float:
-        params_after, macs_after = _cost(pruned)
-        return (base_params - params_after) / max(base_params, 1) + (base_macs - macs_after) / max(base_macs, 1)
-
-    goal = saving(rewrite(model, filter_plan, masks_for(scores, uniform, filter_plan.groups.parts)))
-    options: dict[int, dict[int, tuple[float, float]]] = {}     # root → kept → (loss increase, saving)
-    for number, (root, score) in enumerate(scores.items(), start=1):
-        log.info("prune filters (sensitivity): group %d of %d (%s, %d channels) pruned alone at %d levels",
-                 number, len(scores), ", ".join(filter_plan.groups.producers[root]), len(score),
-                 len(SENSITIVITY_LEVELS))
-        options[root] = {len(score): (0.0, 0.0)}
-        for level in SENSITIVITY_LEVELS:
-            count = kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9),
-                               step(filter_plan, root, params.round_to))
-            if count in options[root]:
-                continue
-            pruned = rewrite(model, filter_plan, masks_for(scores, {root: count}, filter_plan.groups.parts))
-            options[root][count] = (_cross_entropy(pruned, x, y) - base_loss, saving(pruned))
-    kept, wanted = _least_loss(options, goal), goal
-    for _ in range(SENSITIVITY_ROUNDS):          # savings are not quite additive: ask more until the real model meets it
-        shortfall = goal - saving(rewrite(model, filter_plan, masks_for(scores, kept, filter_plan.groups.parts)))
-        if shortfall <= 1e-9:
-            break
-        wanted += shortfall
-        kept = _least_loss(options, wanted)
-    else:
-        kept = uniform                           # never less saving than asked
-    record = {"levels": list(SENSITIVITY_LEVELS), "validation_samples": int(len(y)),
-              "groups": [{"producers": list(filter_plan.groups.producers[root]), "channels": len(scores[root]),
-                          "loss_increase": {str(count): round(loss, 5) for count, (loss, _) in options[root].items()
-                                            if count != len(scores[root])},
-                          "channels_uniform": uniform[root], "channels_chosen": kept[root]}
-                         for root in scores]}
-    log.info("prune filters (sensitivity): %s", ", ".join(
-        f"{filter_plan.groups.producers[root][0]} {len(scores[root])}→{kept[root]}" for root in scores))
-    return kept, record
 
 
 # ---- the rewrite -------------------------------------------------------------------------
