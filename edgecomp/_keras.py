@@ -29,8 +29,15 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from edgecomp.native_logs import quiet  # noqa: E402
+
+with quiet():   # TensorFlow's C++ import chatter (oneDNN, CUDA stubs, cuInit) stays off the console
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
+
+    # Finding the devices is where a machine without a GPU logs cuInit's failure; it does not start the
+    # runtime, so tf.distribute can still be configured afterwards.
+    tf.config.list_physical_devices()
 
 from edgecomp.errors import ModelError  # noqa: E402
 

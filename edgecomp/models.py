@@ -436,8 +436,13 @@ def to_h5_bytes(model) -> bytes:
 
     import h5py
 
+    import warnings
+
     buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as handle:
+    with h5py.File(buffer, "w") as handle, warnings.catch_warnings():
+        # HDF5 is chosen on purpose (one file, loadable by tfmot's tf_keras): tf_keras's "legacy format" notice
+        # is about edgecomp's own checkpoints, not something the user can act on.
+        warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
         model.save(handle, save_format="h5")
     return buffer.getvalue()
 

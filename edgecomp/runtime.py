@@ -30,6 +30,7 @@ import numpy as np
 
 from edgecomp import flatbuffer
 from edgecomp.errors import DataError, ModelError
+from edgecomp.native_logs import quiet
 
 TFLITE_IDENTIFIER = flatbuffer.IDENTIFIER
 PROBE = Path(__file__).with_name("runtime_probe.py")
@@ -166,8 +167,9 @@ def make_interpreter(content: bytes, num_threads: int = 1, where: str = "model",
             kwargs["experimental_op_resolver_type"] = _resolver("BUILTIN_REF")
         elif not delegates:
             kwargs["experimental_op_resolver_type"] = _resolver("BUILTIN_WITHOUT_DEFAULT_DELEGATES")
-        interpreter = interpreter_type(model_content=content, num_threads=num_threads, **kwargs)
-        interpreter.allocate_tensors()
+        with quiet():   # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once
+            interpreter = interpreter_type(model_content=content, num_threads=num_threads, **kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelError(f"{where}: the interpreter cannot load it: {str(error).strip().splitlines()[0]}") from None
     return interpreter

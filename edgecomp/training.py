@@ -32,6 +32,7 @@ from edgecomp import distribute
 from edgecomp._keras import keras
 from edgecomp.data import Dataset
 from edgecomp.models import ends_with_softmax
+from edgecomp.native_logs import quiet
 
 log = logging.getLogger("edgecomp")
 # Training accuracy this far (in [0, 1]) above validation accuracy makes BatchNormRepair try a re-estimate.
@@ -238,7 +239,8 @@ def fit(
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
     # Arrays as before; tf.data datasets of global batches under tf.distribute (edgecomp.distribute).
     inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, batch_size)
-    history = model.fit(**inputs, epochs=epochs, callbacks=all_callbacks, verbose=verbosity())
+    with quiet():   # tf.data's C++ "use_unbounded_threadpool" line; Keras's epoch lines go to stdout
+        history = model.fit(**inputs, epochs=epochs, callbacks=all_callbacks, verbose=verbosity())
     history.notes = [note for guard in guards for note in guard.notes]
     return history
 
@@ -247,5 +249,6 @@ def accuracy(model, x, y, batch_size: int = 256) -> float:
     """Top-1 accuracy of a Keras model on ``(x, y)``, computed from its predictions."""
     if len(x) == 0:
         return float("nan")
-    predictions = model.predict(x, batch_size=batch_size, verbose=0)
+    with quiet():   # the same tf.data C++ line as fit
+        predictions = model.predict(x, batch_size=batch_size, verbose=0)
     return float((predictions.argmax(axis=-1) == y).mean())

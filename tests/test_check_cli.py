@@ -37,6 +37,9 @@ def test_a_file_that_meets_the_target_passes_with_its_measured_accuracy(int8_fil
     accuracy = float(done.stdout.split("accuracy ")[1].split()[0])
     assert accuracy > 0.8 and "on 359 test samples" in done.stdout
     assert (tmp_path / "v.json").exists()
+    from edgecomp.native_logs import NATIVE_LINE
+
+    assert not [line for line in done.stderr.splitlines() if NATIVE_LINE.match(line)], done.stderr  # quiet console
 
 
 def test_a_file_that_breaks_a_rule_exits_1_naming_it(int8_file, tmp_path):

@@ -21,6 +21,7 @@ import numpy as np
 from edgecomp._keras import keras, tf
 from edgecomp.data import representative_dataset
 from edgecomp.errors import ModelError
+from edgecomp.native_logs import quiet
 
 # Targets whose runtime takes one sample at a time: their files are converted with batch 1. A dilated conv then
 # stays one CONV_2D (with a dynamic batch it becomes SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which TFLM
@@ -66,7 +67,7 @@ def convert(model, quantization: str = "float32", io: str = "float32", calibrati
             converter.inference_input_type = IO_DTYPES[io]
             converter.inference_output_type = IO_DTYPES[io]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet():   # the MLIR converter's C++ summary lines stay off the console
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return bytes(converter.convert())
     except Exception as error:  # noqa: BLE001 - converter errors come in many types
