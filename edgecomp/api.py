@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 
 from edgecomp import config as config_module
 from edgecomp.data import Dataset
-from edgecomp.errors import ConfigError, DataError
+from edgecomp.errors import ConfigError, DataError, ModelError
 
 VALIDATION_SHARE = 0.1   # of the training arrays, when no validation arrays are given
 TEST_SHARE = 0.2         # of the training arrays, when no test arrays are given
@@ -50,6 +51,8 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
     """
     from edgecomp import data as data_module
 
+    if not isinstance(seed, int) or seed < 0:
+        raise DataError(f"dataset(seed=...): expected a non-negative integer; got {seed!r}")
     x, y = _xy(x, y, "x, y")
     if (x_test is None) != (y_test is None) or (x_val is None) != (y_val is None):
         raise DataError("give x_val with y_val and x_test with y_test (or neither of a pair)")
@@ -63,20 +66,31 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
         if array.shape[1:] != x.shape[1:]:
             raise DataError(f"{split} samples have shape {array.shape[1:]}, the training samples {x.shape[1:]}")
     labels = np.concatenate([y, y_val, y_test])
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+        raise DataError(f"dataset(num_classes=...): expected an integer of at least 2; got {num_classes!r}")
     classes = int(num_classes if num_classes is not None else labels.max() + 1)
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(f"labels must lie in 0..{classes - 1} (num_classes {classes}); found {labels.min()}.."
                         f"{labels.max()}")
+    if classes < 2 or len(np.unique(y)) < 2:
+        raise DataError(f"the training labels hold {len(np.unique(y))} class(es): a classifier needs at least 2")
     return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes)
 
 
 def _xy(x, y, names: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, np.float32), np.asarray(y)
+    try:
+        x = np.asarray(x, np.float32)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{names}: samples must be numbers ({error})") from None
+    y = np.asarray(y)
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{names}: expected samples (N, ...) and labels (N,); got {x.shape} and {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise DataError(f"{names}: labels must be integer class indices; got {y.dtype} values")
+    if not np.isfinite(x).all():
+        raise DataError(f"{names}: {int((~np.isfinite(x)).sum()):,} sample values are NaN or infinite")
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))
+                                                                 and np.abs(y).max(initial=0) < 2**31)):
+        raise DataError(f"{names}: labels must be integer class indices 0..C-1; got {y.dtype} values "
+                        "(map class names to indices first, e.g. with np.unique(names, return_inverse=True))")
     return x, y.astype(np.int64)
 
 
@@ -99,14 +113,20 @@ def compress(model, stages: Sequence[dict], data: Dataset, *, seed: int = 0, bat
     Raises:
         ConfigError: a stage or key that does not exist, or values out of range.
     """
-    from edgecomp import models
-    from edgecomp import stages as stages_module
-    from edgecomp._keras import keras
+    import time
 
+    from edgecomp import models, training
+    from edgecomp import stages as stages_module
+    from edgecomp._keras import ensure_tf_keras_model, keras
+
+    if not isinstance(stages, (list, tuple)):
+        raise ConfigError(f"compress(stages=...): expected a list of maps such as [{{'prune': {{}}}}]; got "
+                          f"{type(stages).__name__}")
     cfg = config_module.from_dict({"seed": seed, "data": {"batch_size": batch_size}, "stages": list(stages)},
                                   source="compress(stages=...)")
     if not isinstance(data, Dataset):
         raise ConfigError("compress(data=...): expected a Dataset; build one with edgecomp.dataset(x, y)")
+    _check_model_fits(ensure_tf_keras_model(model, "compress(model=...)"), data.input_shape, data.num_classes)
     current, records, previous = model, [], []
     with tempfile.TemporaryDirectory(prefix="edgecomp-logs-") as scratch:
         root = Path(log_dir) if log_dir is not None else Path(scratch)
@@ -114,14 +134,30 @@ def compress(model, stages: Sequence[dict], data: Dataset, *, seed: int = 0, bat
             kind, params = config_module.stage_kind(item), config_module.stage_params(item)
             context = stages_module.StageContext(cfg, data, root / f"{index:02d}_{kind}", tuple(previous))
             keras.utils.set_random_seed(seed + index)
+            started = time.time()
             # Every stage gets a copy: tfmot wraps layer objects in place, and the caller keeps ``model``.
             current, record = stages_module.apply(kind, models.copy(current), params, context)
+            record.seconds = time.time() - started
             records.append(record)
             if record.details.get("fallback"):
                 continue
             filters = kind == "prune" and params.structure == "filters"
             previous.append("prune_filters" if filters else kind)
+    if current is not model and not getattr(current, "optimizer", None):
+        training.compile_model(current, 0.001)   # ready for evaluate() like the model the caller gave
     return current, records
+
+
+def _check_model_fits(model, input_shape: tuple, num_classes: int) -> None:
+    """DataError when the model's input or output does not fit the data (before any training)."""
+    expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    if expected is not None and any(e is not None and e != d for e, d in zip(expected, input_shape)) \
+            or expected is not None and len(expected) != len(input_shape):
+        raise DataError(f"the model takes samples of shape {expected}, the data has {tuple(input_shape)}: reshape "
+                        "the data or add a Reshape/Flatten layer")
+    outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if outputs is not None and outputs != num_classes:
+        raise DataError(f"the model has {outputs} outputs, the data {num_classes} classes")
 
 
 def _target_params(target: str, settings: dict):
@@ -145,14 +181,23 @@ def convert(model, target: str = "cpu", *, calibration: Optional[np.ndarray] = N
         ConfigError: an unknown target or key, or calibration missing where the quantization needs it.
         ModelError: the converter refused the model (the message names the op).
     """
+    from edgecomp._keras import ensure_tf_keras_model
     from edgecomp.targets import convert as converter
     from edgecomp.targets import micro
 
     params = _target_params(target, settings)
-    if params.quantization in ("int8", "int16x8") and calibration is None:
-        raise ConfigError(f"convert: {target} {params.quantization} needs calibration=<a few hundred input samples>")
-    content = converter.convert(model, params.quantization, params.io,
-                                None if calibration is None else np.asarray(calibration, np.float32),
+    model = ensure_tf_keras_model(model, "convert(model=...)")
+    if params.quantization in ("int8", "int16x8") and (calibration is None or len(calibration) == 0):
+        raise ConfigError(f"convert: {target} {params.quantization} needs calibration=<a few hundred input samples> "
+                          "(a QAT model too: the converter reads its input range from them)")
+    if calibration is not None:
+        calibration, _ = _xy(calibration, np.zeros(len(calibration), np.int64), "convert(calibration=...)")
+        expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+        if expected is not None and (len(expected) != calibration.ndim - 1 or any(
+                e is not None and e != d for e, d in zip(expected, calibration.shape[1:]))):
+            raise DataError(f"convert(calibration=...): samples of shape {calibration.shape[1:]}, the model takes "
+                            f"{expected} (pass a batch: an array of shape (N, *{expected}))")
+    content = converter.convert(model, params.quantization, params.io, calibration,
                                 static_batch=target in converter.BATCH_ONE_TARGETS)
     if target == "micro" and params.strip_strings:
         content = micro.strip_strings(content)
@@ -176,7 +221,9 @@ def verify(content: bytes, target: str, x: np.ndarray, y: np.ndarray, **settings
     from edgecomp.targets import cpu, edgetpu, gpu, micro
 
     params = _target_params(target, settings)
+    content = _model_bytes(content, "verify")
     x, y = _xy(x, y, "verify(x, y)")
+    _check_file_fits(content, x, y)
     skipped = []
     if target == "cpu":
         compatibility = cpu.verify(content, params.quantization, params.io)
@@ -189,13 +236,43 @@ def verify(content: bytes, target: str, x: np.ndarray, y: np.ndarray, **settings
             path = Path(folder) / "model.tflite"
             path.write_bytes(content)
             compatibility, metrics, skipped = (gpu if target == "gpu" else edgetpu).run(content, params, path, x, y)
+            # Say "the file", not the temporary copy the target's tools ran on.
+            compatibility = json.loads(json.dumps(compatibility, default=str).replace(str(path), "the file"))
     details = compatibility.get("details", {})
     return {"ok": bool(compatibility.get("ok")), "rules": details.get("rules", []), "metrics": metrics,
             "skipped": skipped, "details": details}
 
 
+def _model_bytes(model, where: str) -> bytes:
+    """The ``.tflite`` bytes of ``model`` (bytes, or a path to read); ModelError when they are not a TFLite model."""
+    from edgecomp import runtime
+
+    if isinstance(model, (str, Path)):
+        return runtime.read_model(model)
+    if not isinstance(model, (bytes, bytearray, memoryview)):
+        raise ModelError(f"{where}: expected the .tflite file's bytes or its path; got {type(model).__name__}")
+    content = bytes(model)
+    runtime.check_model(content, f"{where}: the bytes")
+    return content
+
+
+def _check_file_fits(content: bytes, x: np.ndarray, y: np.ndarray) -> None:
+    """DataError when the samples' shape or the labels do not fit the file's input and output."""
+    from edgecomp import runtime
+
+    io = runtime.io_details(content)
+    expected = tuple(int(d) for d in io["inputs"][0]["shape"][1:])
+    if expected != tuple(x.shape[1:]):
+        raise DataError(f"the file takes samples of shape {expected}, the data has {tuple(x.shape[1:])}")
+    outputs = int(io["outputs"][0]["shape"][-1])
+    if len(y) and (y.min() < 0 or y.max() >= outputs):
+        raise DataError(f"labels {y.min()}..{y.max()} do not fit the file's {outputs} outputs (classes 0.."
+                        f"{outputs - 1})")
+
+
 def benchmark(model: bytes | str | Path, device: str = "local", *, runs: int = 100, warmup: int = 10,
-              threads: int = 1, inputs: Optional[np.ndarray] = None, **device_options) -> dict:
+              threads: int = 1, inputs: Optional[np.ndarray] = None, ssh_options: Sequence[str] = (),
+              adb_binary: Optional[str] = None) -> dict:
     """Times a ``.tflite`` (bytes or a path) on ``device``: ``local``, ``ssh://user@host`` or ``adb://SERIAL``.
 
     Returns:
@@ -207,10 +284,15 @@ def benchmark(model: bytes | str | Path, device: str = "local", *, runs: int = 1
     """
     from edgecomp.devices import open_device
 
-    target = open_device(device, **device_options)
-    if isinstance(model, (bytes, bytearray)):
-        with tempfile.TemporaryDirectory(prefix="edgecomp-bench-") as folder:
-            path = Path(folder) / "model.tflite"
-            path.write_bytes(bytes(model))
-            return target.benchmark(path, runs=runs, warmup=warmup, threads=threads, inputs=inputs)
-    return target.benchmark(Path(model), runs=runs, warmup=warmup, threads=threads, inputs=inputs)
+    for name, value, lowest in (("runs", runs, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+            raise ConfigError(f"benchmark({name}=...): expected an integer ≥ {lowest}; got {value!r}")
+    content = _model_bytes(model, "benchmark")
+    if inputs is not None:
+        inputs, _ = _xy(inputs, np.zeros(len(inputs), np.int64), "benchmark(inputs=...)")
+        _check_file_fits(content, inputs, np.zeros(0, np.int64))
+    target = open_device(device, ssh_options=ssh_options, adb_binary=adb_binary)
+    with tempfile.TemporaryDirectory(prefix="edgecomp-bench-") as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(content)
+        return target.benchmark(path, runs=runs, warmup=warmup, threads=threads, inputs=inputs)

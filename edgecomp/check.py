@@ -10,6 +10,7 @@ Example:
     python -m edgecomp.check --model models/quickstart/cpu/model.tflite --target cpu --data digits
     python -m edgecomp.check --model m.tflite --target micro --data npz --data_path my.npz --set board=cortex_m4_256k
     python -m edgecomp.check --model m.tflite --target cpu --set quantization=float16 --json verdict.json
+    python -m edgecomp.check --model m.tflite --data image_dir --data_path photos/ --image_size 96,96
 """
 
 import json
@@ -25,6 +26,7 @@ flags.DEFINE_enum("target", "cpu", list(TARGET_NAMES), "The target whose rules t
 flags.DEFINE_enum("data", "digits", ["digits", "mnist1d", "npz", "image_dir"],
                   "Where the samples come from (data.source); the test split is measured.")
 flags.DEFINE_string("data_path", None, "npz file or image folder (data.path) for --data npz / image_dir.")
+flags.DEFINE_list("image_size", None, "--data image_dir: height,width the images are resized to (data.image_size).")
 flags.DEFINE_multi_string("set", [], "A target key, repeatable: --set quantization=float16 --set io=int8.")
 flags.DEFINE_string("json", None, "Also write the verdict as JSON to this file.")
 FLAGS = flags.FLAGS
@@ -51,7 +53,8 @@ def main(argv):
     from edgecomp import api, config, data, runtime
 
     content = runtime.read_model(FLAGS.model)   # a clear error for a missing or non-TFLite file
-    raw_data = {"source": FLAGS.data, **({"path": FLAGS.data_path} if FLAGS.data_path else {})}
+    raw_data = {"source": FLAGS.data, **({"path": FLAGS.data_path} if FLAGS.data_path else {}),
+                **({"image_size": FLAGS.image_size} if FLAGS.image_size else {})}
     dataset = data.load(config.from_dict({"data": raw_data}, source="--data").data, seed=0)
     verdict = api.verify(content, FLAGS.target, dataset.x_test, dataset.y_test, **target_settings(FLAGS.set))
     print(f"{FLAGS.model} for {FLAGS.target}: {'passed' if verdict['ok'] else 'FAILED'}")

@@ -77,3 +77,38 @@ def test_a_config_built_in_python_raises_config_error_naming_the_key():
     with pytest.raises(edgecomp.ConfigError, match=r"stages\[0\]\.prune\.sparsity: Input should be less than 1"):
         edgecomp.Config(stages=[{"prune": {"sparsity": 2.0}}])
     assert edgecomp.Config(seed=3) == config.from_dict({"seed": 3})
+
+
+def test_verify_refuses_what_does_not_fit_and_micro_refuses_a_float_file(trained, arrays, tmp_path):
+    x, y, x_test, y_test = arrays
+    float_file = edgecomp.convert(trained, "cpu", quantization="float32")
+    verdict = edgecomp.verify(float_file, "micro", x_test[:10], y_test[:10])
+    assert not verdict["ok"] and {r["rule"] for r in verdict["rules"] if not r["ok"]} >= {"quantization", "io_type"}
+    path = tmp_path / "float.tflite"
+    path.write_bytes(float_file)
+    assert edgecomp.verify(path, "cpu", x_test, y_test, quantization="float32")["ok"]      # a path is read
+    with pytest.raises(edgecomp.DataError, match="do not fit the file's 3 outputs"):
+        edgecomp.verify(float_file, "cpu", x_test, y_test + 5, quantization="float32")
+    with pytest.raises(edgecomp.DataError, match="the file takes samples of shape"):
+        edgecomp.verify(float_file, "cpu", x_test.reshape(len(x_test), -1), y_test, quantization="float32")
+    with pytest.raises(edgecomp.ModelError, match="not a TFLite model"):
+        edgecomp.verify(b"hello world" * 10, "gpu", x_test, y_test)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, d: edgecomp.dataset(d.x_train, d.y_train.astype(str)), edgecomp.DataError, "integer class indices"),
+    (lambda m, d: edgecomp.dataset(d.x_train * np.nan, d.y_train), edgecomp.DataError, "NaN or infinite"),
+    (lambda m, d: edgecomp.dataset(d.x_train, d.y_train * 0), edgecomp.DataError, "at least 2"),
+    (lambda m, d: edgecomp.compress(m, "prune", edgecomp.dataset(d.x_train, d.y_train)), edgecomp.ConfigError,
+     "expected a list of maps"),
+    (lambda m, d: edgecomp.compress(m, [{"prune": {}}], edgecomp.dataset(d.x_train.reshape(len(d.x_train), -1),
+                                                                        d.y_train)), edgecomp.DataError,
+     "the model takes samples of shape"),
+    (lambda m, d: edgecomp.convert(m, "cpu", calibration=d.x_train[:5] * np.nan), edgecomp.DataError, "NaN"),
+    (lambda m, d: edgecomp.convert(m, "cpu", calibration=d.x_train[0]), edgecomp.DataError, "pass a batch"),
+    (lambda m, d: edgecomp.benchmark(b"\0" * 64, runs=0), edgecomp.ConfigError, "runs"),
+    (lambda m, d: edgecomp.benchmark("/no/such.tflite"), edgecomp.ModelError, "does not exist"),
+])
+def test_careless_input_gets_the_projects_errors(trained, tiny_dataset, call, error, message):
+    with pytest.raises(error, match=message):
+        call(trained, tiny_dataset)

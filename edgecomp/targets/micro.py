@@ -145,6 +145,11 @@ def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test
     except ModelError as error:
         return {"ok": False, "details": {"rules": [_rule("loads_in_tflm", False, str(error))]}}, {}
     rules.append(_rule("loads_in_tflm", True, f"runs with a {arena:,} byte arena"))
+    # TFLM's kernels are int8: a float file may load in the Python interpreter and still be no micro file.
+    from edgecomp.targets import cpu
+
+    rules += [rule for rule in cpu.verify(content, params.quantization, params.io)["details"]["rules"]
+              if rule["rule"] in ("io_type", "quantization")]
 
     tflm_out = predict(content, x, arena)
     # LiteRT's reference kernels, the ones TFLM's are ported from: XNNPACK and LiteRT's
