@@ -164,7 +164,10 @@ def _target_params(target: str, settings: dict):
     """The validated ``<Target>TargetConfig`` of ``target`` with ``settings`` (the config file's keys)."""
     if target not in config_module.TARGET_NAMES:
         raise ConfigError(f"target {target!r} does not exist; allowed: {', '.join(config_module.TARGET_NAMES)}")
-    cfg = config_module.from_dict({"targets": [{target: settings}]}, source=f"target {target}")
+    try:
+        cfg = config_module.from_dict({"targets": [{target: settings}]}, source=f"target {target}")
+    except ConfigError as error:   # name the keyword the caller wrote, not its place in a config file
+        raise ConfigError(str(error).replace(f"targets[0].{target}.", "")) from None
     return config_module.stage_params(cfg.targets[0])
 
 

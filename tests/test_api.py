@@ -62,6 +62,8 @@ def test_verbs_compress_convert_verify_and_benchmark_without_touching_the_model(
     (lambda m, d: edgecomp.convert(m, "npu"), edgecomp.ConfigError, "allowed: cpu, gpu, edgetpu, micro"),
     (lambda m, d: edgecomp.convert(m, "cpu"), edgecomp.ConfigError, "needs calibration"),
     (lambda m, d: edgecomp.convert(m, "cpu", quantization="int4"), edgecomp.ConfigError, "quantization"),
+    (lambda m, d: edgecomp.convert(m, "cpu", quantisation="int8"), edgecomp.ConfigError,
+     r"target cpu: unknown key 'quantisation'; allowed keys here: io, quantization"),
     (lambda m, d: edgecomp.dataset(d.x_train, d.y_train[:-1]), edgecomp.DataError, "labels"),
 ])
 def test_bad_arguments_raise_the_projects_errors_naming_what_to_fix(trained, tiny_dataset, call, error, message):
