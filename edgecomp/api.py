@@ -77,16 +77,23 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
     return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes)
 
 
-def _xy(x, y, names: str) -> tuple[np.ndarray, np.ndarray]:
+def _samples(x, names: str) -> np.ndarray:
+    """``x`` as a float32 batch ``(N, ...)`` of finite numbers, else DataError."""
     try:
         x = np.asarray(x, np.float32)
     except (TypeError, ValueError) as error:
         raise DataError(f"{names}: samples must be numbers ({error})") from None
-    y = np.asarray(y)
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
-        raise DataError(f"{names}: expected samples (N, ...) and labels (N,); got {x.shape} and {y.shape}")
+    if x.ndim < 2:
+        raise DataError(f"{names}: expected a batch of samples (N, ...); got shape {x.shape}")
     if not np.isfinite(x).all():
         raise DataError(f"{names}: {int((~np.isfinite(x)).sum()):,} sample values are NaN or infinite")
+    return x
+
+
+def _xy(x, y, names: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _samples(x, names), np.asarray(y)
+    if y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{names}: expected samples (N, ...) and labels (N,); got {x.shape} and {y.shape}")
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))
                                                                  and np.abs(y).max(initial=0) < 2**31)):
         raise DataError(f"{names}: labels must be integer class indices 0..C-1; got {y.dtype} values "
@@ -194,7 +201,7 @@ def convert(model, target: str = "cpu", *, calibration: Optional[np.ndarray] = N
         raise ConfigError(f"convert: {target} {params.quantization} needs calibration=<a few hundred input samples> "
                           "(a QAT model too: the converter reads its input range from them)")
     if calibration is not None:
-        calibration, _ = _xy(calibration, np.zeros(len(calibration), np.int64), "convert(calibration=...)")
+        calibration = _samples(calibration, "convert(calibration=...)")
         expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
         if expected is not None and (len(expected) != calibration.ndim - 1 or any(
                 e is not None and e != d for e, d in zip(expected, calibration.shape[1:]))):
@@ -292,7 +299,7 @@ def benchmark(model: bytes | str | Path, device: str = "local", *, runs: int = 1
             raise ConfigError(f"benchmark({name}=...): expected an integer ≥ {lowest}; got {value!r}")
     content = _model_bytes(model, "benchmark")
     if inputs is not None:
-        inputs, _ = _xy(inputs, np.zeros(len(inputs), np.int64), "benchmark(inputs=...)")
+        inputs = _samples(inputs, "benchmark(inputs=...)")
         _check_file_fits(content, inputs, np.zeros(0, np.int64))
     target = open_device(device, ssh_options=ssh_options, adb_binary=adb_binary)
     with tempfile.TemporaryDirectory(prefix="edgecomp-bench-") as folder:

@@ -70,14 +70,9 @@ def check_inputs(content: bytes, count: int, path: str | None):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
-    if not FLAGS.model:
-        raise ConfigError("--model is required, e.g. --model models/quickstart/cpu/model.tflite")
-    from edgecomp import runtime
+    content = cli.read_model_flag(argv, FLAGS.model)
     from edgecomp.devices import LocalDevice, open_device
 
-    content = runtime.read_model(FLAGS.model)  # a clear error for a missing or non-TFLite file
     device = open_device(FLAGS.device, ssh_options=FLAGS.ssh_option, adb_binary=FLAGS.benchmark_binary,
                          adb_delegate=FLAGS.adb_delegate, adb_cpu_mask=FLAGS.adb_cpu_mask)
     if not FLAGS.xnnpack:

@@ -19,7 +19,6 @@ from absl import flags
 
 from edgecomp import cli, files
 from edgecomp.config import TARGET_NAMES
-from edgecomp.errors import ConfigError
 
 flags.DEFINE_string("model", None, "The .tflite file to check.")
 flags.DEFINE_enum("target", "cpu", list(TARGET_NAMES), "The target whose rules the file must meet.")
@@ -32,31 +31,17 @@ flags.DEFINE_string("json", None, "Also write the verdict as JSON to this file."
 FLAGS = flags.FLAGS
 
 
-def target_settings(pairs: list[str]) -> dict:
-    """``["quantization=int8", "io=int8"]`` → ``{"quantization": "int8", "io": "int8"}`` (YAML values)."""
-    from edgecomp.config import parse_yaml
-
-    settings = {}
-    for pair in pairs:
-        key, equals, text = pair.partition("=")
-        if not equals or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set quantization=float16")
-        settings[key.strip()] = parse_yaml(text, f"--set {key.strip()}")
-    return settings
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
-    if not FLAGS.model:
-        raise ConfigError("--model is required, e.g. --model models/quickstart/cpu/model.tflite")
-    from edgecomp import api, config, data, runtime
+    content = cli.read_model_flag(argv, FLAGS.model)
+    from edgecomp import api, config, data
 
-    content = runtime.read_model(FLAGS.model)   # a clear error for a missing or non-TFLite file
+    settings: dict = {}
+    for pair in FLAGS.set:   # the target's keys, parsed as train's --set parses config keys
+        config.apply_override(settings, pair)
     raw_data = {"source": FLAGS.data, **({"path": FLAGS.data_path} if FLAGS.data_path else {}),
                 **({"image_size": FLAGS.image_size} if FLAGS.image_size else {})}
     dataset = data.load(config.from_dict({"data": raw_data}, source="--data").data, seed=0)
-    verdict = api.verify(content, FLAGS.target, dataset.x_test, dataset.y_test, **target_settings(FLAGS.set))
+    verdict = api.verify(content, FLAGS.target, dataset.x_test, dataset.y_test, **settings)
     print(f"{FLAGS.model} for {FLAGS.target}: {'passed' if verdict['ok'] else 'FAILED'}")
     for rule in verdict["rules"]:
         print(f"  {'ok  ' if rule['ok'] else 'FAIL'} {rule['rule']}: {rule['detail']}")

@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from edgecomp import files
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import ConfigError, EdgecompError
 
 EXIT_USAGE = 2
 
@@ -27,6 +27,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         print(f"error: {error}; see --help", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def read_model_flag(argv: list[str], path: str | None) -> bytes:
+    """The ``--model`` file's bytes for a tool that takes no positional arguments (bench, check).
+
+    Raises:
+        ConfigError: stray positional arguments or no ``--model``.
+        ModelError: a missing file or one that is not a TFLite model this runtime runs.
+    """
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    if not path:
+        raise ConfigError("--model is required, e.g. --model models/quickstart/cpu/model.tflite")
+    from edgecomp import runtime
+
+    return runtime.read_model(path)
 
 
 def run_main(main) -> None:

@@ -433,10 +433,9 @@ def to_h5_bytes(model) -> bytes:
     cache`` and then crashed the process at exit (seen with a 64 KB tmpfs).
     """
     import io
+    import warnings
 
     import h5py
-
-    import warnings
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle, warnings.catch_warnings():

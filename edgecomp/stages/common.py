@@ -64,6 +64,18 @@ RECOVERY_PATIENCE = 3
 RECOVERY_POINTS = 0.5
 
 
+# Training samples a stage measures on when the run has no validation split.
+FALLBACK_SAMPLES = 512
+
+
+def measurement_split(context) -> tuple:
+    """``(x, y)`` a stage chooses by: the validation split, else the first ``FALLBACK_SAMPLES`` training samples."""
+    dataset = context.dataset
+    if len(dataset.x_val):
+        return dataset.x_val, dataset.y_val
+    return dataset.x_train[:FALLBACK_SAMPLES], dataset.y_train[:FALLBACK_SAMPLES]
+
+
 def validation_accuracy(model, context) -> float | None:
     """Top-1 accuracy on the validation split, or None without one."""
     dataset = context.dataset

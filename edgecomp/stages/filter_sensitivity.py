@@ -75,7 +75,7 @@ def _least_loss(options: dict[int, dict[int, tuple[float, float]]], goal: float)
 
 
 def allocate(model, filter_plan: "filters.FilterPlan", scores: dict[int, np.ndarray], uniform: dict[int, int],
-                           params: PruneConfig, validation) -> tuple[dict[int, int], dict]:
+             params: PruneConfig, validation) -> tuple[dict[int, int], dict]:
     """Per-group kept channels that cost the validation loss least for the uniform allocation's savings.
 
     Each group is pruned alone at each of ``SENSITIVITY_LEVELS`` and the rewritten
@@ -92,11 +92,14 @@ def allocate(model, filter_plan: "filters.FilterPlan", scores: dict[int, np.ndar
     base_loss = _cross_entropy(model, x, y)
     base_params, base_macs = _cost(model)
 
-    def saving(pruned) -> float:
-        params_after, macs_after = _cost(pruned)
+    def pruned(kept: dict[int, int]):
+        return filters.rewrite(model, filter_plan, filters.masks_for(scores, kept, filter_plan.groups.parts))
+
+    def saving(smaller) -> float:
+        params_after, macs_after = _cost(smaller)
         return (base_params - params_after) / max(base_params, 1) + (base_macs - macs_after) / max(base_macs, 1)
 
-    goal = saving(filters.rewrite(model, filter_plan, filters.masks_for(scores, uniform, filter_plan.groups.parts)))
+    goal = saving(pruned(uniform))
     options: dict[int, dict[int, tuple[float, float]]] = {}     # root → kept → (loss increase, saving)
     for number, (root, score) in enumerate(scores.items(), start=1):
         log.info("prune filters (sensitivity): group %d of %d (%s, %d channels) pruned alone at %d levels",
@@ -105,14 +108,14 @@ def allocate(model, filter_plan: "filters.FilterPlan", scores: dict[int, np.ndar
         options[root] = {len(score): (0.0, 0.0)}
         for level in SENSITIVITY_LEVELS:
             count = filters.kept_count(len(score), math.ceil((1.0 - level) * len(score) - 1e-9),
-                               filters.step(filter_plan, root, params.round_to))
+                                       filters.step(filter_plan, root, params.round_to))
             if count in options[root]:
                 continue
-            pruned = filters.rewrite(model, filter_plan, filters.masks_for(scores, {root: count}, filter_plan.groups.parts))
-            options[root][count] = (_cross_entropy(pruned, x, y) - base_loss, saving(pruned))
+            alone = pruned({root: count})
+            options[root][count] = (_cross_entropy(alone, x, y) - base_loss, saving(alone))
     kept, wanted = _least_loss(options, goal), goal
-    for _ in range(SENSITIVITY_ROUNDS):          # savings are not quite additive: ask more until the real model meets it
-        shortfall = goal - saving(filters.rewrite(model, filter_plan, filters.masks_for(scores, kept, filter_plan.groups.parts)))
+    for _ in range(SENSITIVITY_ROUNDS):   # savings are not quite additive: ask more until the real model meets it
+        shortfall = goal - saving(pruned(kept))
         if shortfall <= 1e-9:
             break
         wanted += shortfall

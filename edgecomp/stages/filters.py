@@ -301,10 +301,7 @@ def prune_filters(model, params: PruneConfig, validation: Optional[tuple[np.ndar
 def apply(model, params: PruneConfig, context):
     """Returns ``(channel-pruned and fine-tuned model, StageRecord)``; ``model`` is not changed."""
     accuracy_before = training.accuracy(model, context.dataset.x_test, context.dataset.y_test)
-    dataset = context.dataset
-    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else \
-        (dataset.x_train[:512], dataset.y_train[:512])
-    pruned, details, skipped = prune_filters(model, params, validation)
+    pruned, details, skipped = prune_filters(model, params, common.measurement_split(context))
     details["accuracy_before_pruning"] = accuracy_before
     details["accuracy_before_finetune"] = training.accuracy(pruned, context.dataset.x_test, context.dataset.y_test)
     log.info("prune filters: params %s → %s, MACs %s → %s, accuracy %.4f → %.4f before fine-tuning %d epochs",

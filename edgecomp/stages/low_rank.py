@@ -240,8 +240,7 @@ def plan(model, params: LowRankConfig, context=None) -> tuple[dict[str, int], li
 
 def _ranks_by_sensitivity(model, layers, spectra, params: LowRankConfig, context) -> dict[str, int]:
     """Greedy rank choice (as AIMET does): cheapest accuracy loss first until the params target is met."""
-    x, y = (context.dataset.x_val, context.dataset.y_val) if len(context.dataset.x_val) else \
-        (context.dataset.x_train[:512], context.dataset.y_train[:512])
+    x, y = common.measurement_split(context)
     base = training.accuracy(model, x, y)
     options = {}
     for layer in layers:
