@@ -175,6 +175,10 @@ def _target_params(target: str, settings: dict):
         cfg = config_module.from_dict({"targets": [{target: settings}]}, source=f"target {target}")
     except ConfigError as error:   # name the keyword the caller wrote, not its place in a config file
         raise ConfigError(str(error).replace(f"targets[0].{target}.", "")) from None
+    if target == "micro":
+        from edgecomp.targets import micro
+
+        micro.require_tflm("target micro")
     return config_module.stage_params(cfg.targets[0])
 
 

@@ -56,7 +56,10 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         EdgecompError: bad data, model, or an output folder that cannot be written.
     """
     started = time.time()
-    # First: multi_worker must be set up before TensorFlow runs any other op.
+    for index, item in enumerate(cfg.targets):   # before anything trains
+        if stage_kind(item) == "micro":
+            micro.require_tflm(f"targets[{index}].micro")
+    # Then: multi_worker must be set up before TensorFlow runs any other op.
     distribute.setup(cfg.distribute)
     chief = distribute.is_chief()   # only the chief writes; a worker's scratch folder is deleted at exit
     run_dir = _prepare_run_dir(cfg) if chief else distribute.worker_dir()

@@ -33,10 +33,25 @@ import numpy as np
 
 from edgecomp import files, runtime
 from edgecomp.config import MicroTargetConfig
-from edgecomp.errors import ModelError
+from edgecomp.errors import ConfigError, ModelError
 
 ALIGNMENT = 16
+INSTALL_HINT = ("pip install 'edgecomp[micro]' (TFLM's Python interpreter, the tflite-micro package, has wheels "
+                "for Linux x86_64 only; elsewhere run the micro target on a Linux x86_64 machine or leave it out)")
 MAX_ARENA = 64 * 1024 * 1024
+
+
+def require_tflm(where: str = "target micro") -> None:
+    """Raises ``ConfigError`` naming ``where`` when TFLM's Python interpreter is not installed.
+
+    The micro target judges and measures every file in it, so a run checks this
+    before it trains anything.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tflite_micro") is None:
+        raise ConfigError(f"{where}: the micro target runs every file in TFLM's Python interpreter, which is not "
+                          f"installed: {INSTALL_HINT}")
 
 
 class _Worker:
