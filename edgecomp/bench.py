@@ -2,7 +2,7 @@
 
 Example:
     python -m edgecomp.bench --model models/quickstart/cpu/model.tflite --runs 200 --json out.json
-    python -m edgecomp.bench --model m.tflite --device adb://R58M123 --benchmark-binary android_aarch64_benchmark_model
+    python -m edgecomp.bench --model m.tflite --device adb://R58M123 --benchmark_binary android_aarch64_benchmark_model
 """
 
 import json

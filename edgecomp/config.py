@@ -266,7 +266,7 @@ class LowRankConfig(_Strict):
     learning_rate: float = Field(0.0005, gt=0.0, le=MAX_LEARNING_RATE)
     recovery_epochs: int = Field(
         50, ge=0, le=MAX_EPOCHS,
-        description="at most this many more epochs, with early stopping (patience 3, best weights of these epochs "
+        description="at most this many more epochs, with early stopping (patience 8, best weights of these epochs "
                     "restored), when validation accuracy after fine-tuning ended over 0.5 points below the "
                     "stage's input model's; 0 disables (so do 0 fine-tuning epochs)")
 
@@ -307,7 +307,7 @@ class PruneConfig(_Strict):
     recovery_epochs: int = Field(
         50, ge=0, le=MAX_EPOCHS,
         description="unstructured/2:4: at most this many more epochs at full sparsity, with early stopping "
-                    "(patience 3), when validation accuracy ended over 0.5 points below the unpruned model's; "
+                    "(patience 8), when validation accuracy ended over 0.5 points below the unpruned model's; "
                     "filters: fine-tuning lasts up to epochs + recovery_epochs, with early stopping; 0 disables")
     criterion: Literal["l1", "l2"] = Field("l1", description="filters: channel ranking norm")
     scope: Literal["layer", "global", "sensitivity"] = Field(
@@ -335,7 +335,7 @@ class ClusterConfig(_Strict):
     learning_rate: float = Field(0.0001, gt=0.0, le=MAX_LEARNING_RATE)
     recovery_epochs: int = Field(
         50, ge=0, le=MAX_EPOCHS,
-        description="at most this many more epochs, with early stopping (patience 3, best weights of these epochs "
+        description="at most this many more epochs, with early stopping (patience 8, best weights of these epochs "
                     "restored), when validation accuracy after fine-tuning ended over 0.5 points below the "
                     "stage's input model's; 0 disables (so do 0 fine-tuning epochs)")
     fold_batchnorm: bool = Field(

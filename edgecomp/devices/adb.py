@@ -217,12 +217,15 @@ def benchmark_arguments(binary: str, model: str, *, runs: int, warmup: int, thre
     """The device-side command line of one ``benchmark_model`` run, unquoted.
 
     ``--min_secs=0`` and ``--warmup_min_secs=0`` make the counts exact (by default the
-    tool keeps running until a second has passed).
+    tool keeps running until a second has passed); ``--report_peak_memory_footprint``
+    makes it sample the process's memory while it runs and print the peak (``peak_rss_mb``;
+    without it the tool prints only how much the peak grew since it started).
     """
     parts = ["taskset", cpu_mask] if cpu_mask else []
     return parts + [
         binary, f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}", "--min_secs=0",
-        f"--max_secs={max_secs:g}", f"--warmup_runs={warmup}", "--warmup_min_secs=0", *DELEGATE_FLAGS[delegate],
+        f"--max_secs={max_secs:g}", f"--warmup_runs={warmup}", "--warmup_min_secs=0",
+        "--report_peak_memory_footprint=true", *DELEGATE_FLAGS[delegate],
     ]
 
 
