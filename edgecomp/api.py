@@ -74,7 +74,7 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
                         f"{labels.max()}")
     if classes < 2 or len(np.unique(y)) < 2:
         raise DataError(f"the training labels hold {len(np.unique(y))} class(es): a classifier needs at least 2")
-    return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes)
+    return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes, preprocessing="the arrays as given")
 
 
 def _samples(x, names: str) -> np.ndarray:

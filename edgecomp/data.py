@@ -54,6 +54,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     class_names: tuple[str, ...] = ()
+    # How the samples were made from the raw data: what a device must do to its own inputs before inference.
+    preprocessing: str = ""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -119,7 +121,10 @@ def _digits(cfg: DataConfig, seed: int) -> Dataset:
     y = bunch.target.astype(np.int64)
     x_rest, y_rest, x_test, y_test = _split(x, y, cfg.test_split, seed)
     x_train, y_train, x_val, y_val = _split(x_rest, y_rest, cfg.validation_split, seed + 1)
-    return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))))
+    resized = "" if cfg.image_size is None else f", resized to {cfg.image_size[0]}x{cfg.image_size[1]} (bilinear)"
+    copies = ", the gray value copied to 3 channels" if (cfg.channels or 1) == 3 else ""
+    return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))),
+                   f"8x8 gray pixels 0-16 divided by 16 (float32 in [0, 1]){resized}{copies}")
 
 
 def _resize_gray(images: np.ndarray, size) -> np.ndarray:
@@ -150,7 +155,8 @@ def _mnist1d(cfg: DataConfig, seed: int) -> Dataset:
     x_test = raw["x_test"].astype(np.float32)[..., np.newaxis]
     y_test = np.asarray(raw["y_test"], dtype=np.int64)
     x_train, y_train, x_val, y_val = _split(x, y, cfg.validation_split, seed)
-    return Dataset("mnist1d", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))))
+    return Dataset("mnist1d", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))),
+                   "MNIST-1D signals of 40 steps as mnist1d generates them (float32, not rescaled)")
 
 
 def _npz(cfg: DataConfig, seed: int) -> Dataset:
@@ -177,7 +183,8 @@ def _npz(cfg: DataConfig, seed: int) -> Dataset:
         if len(x) and x.shape[1:] != x_train.shape[1:]:
             raise DataError(f"{path}: x_{split} samples have shape {x.shape[1:]}, x_train has {x_train.shape[1:]}")
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0), y_val.max(initial=0))) + 1
-    return Dataset(path.stem, x_train, y_train, x_val, y_val, x_test, y_test, max(num_classes, 2))
+    return Dataset(path.stem, x_train, y_train, x_val, y_val, x_test, y_test, max(num_classes, 2),
+                   preprocessing="the .npz arrays as stored (cast to float32, not rescaled)")
 
 
 def _xy(arrays: dict, split: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +218,10 @@ def _image_dir(cfg: DataConfig, seed: int) -> Dataset:
         x, y = _read_images(root, classes, cfg.image_size, channels)
         x_rest, y_rest, x_test, y_test = _split(x, y, cfg.test_split, seed)
     x_train, y_train, x_val, y_val = _split(x_rest, y_rest, cfg.validation_split, seed + 1)
-    return Dataset(root.name, x_train, y_train, x_val, y_val, x_test, y_test, len(classes), classes)
+    size = "" if cfg.image_size is None else f", resized to {cfg.image_size[0]}x{cfg.image_size[1]}"
+    mode = "RGB" if channels == 3 else "gray"
+    return Dataset(root.name, x_train, y_train, x_val, y_val, x_test, y_test, len(classes), classes,
+                   f"{mode} image files{size}, 8-bit pixels divided by 255 (float32 in [0, 1])")
 
 
 def _class_names(folder: Path) -> tuple[str, ...]:
@@ -255,7 +265,8 @@ def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
     x = prototypes[y] + rng.normal(0.0, 0.8, size=(samples, *shape)).astype(np.float32)
     x_rest, y_rest, x_test, y_test = _split(x.astype(np.float32), y.astype(np.int64), cfg.test_split, seed)
     x_train, y_train, x_val, y_val = _split(x_rest, y_rest, cfg.validation_split, seed + 1)
-    return Dataset("synthetic", x_train, y_train, x_val, y_val, x_test, y_test, num_classes)
+    return Dataset("synthetic", x_train, y_train, x_val, y_val, x_test, y_test, num_classes,
+                   preprocessing="generated float32 values (class prototypes plus noise)")
 
 
 def _split(x: np.ndarray, y: np.ndarray, share: float, seed: int):

@@ -89,6 +89,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         model = _outside_strategy(model)
         checkpoints.save(0, "baseline", model, record)
     report.stages.append(record)
+    report.dataset.update(input_output(dataset, model))
 
     # The reference is converted from a deep copy before any stage touches the model:
     # tfmot wraps layer objects in place (DESIGN.md §9). Files are made on the chief only.
@@ -474,6 +475,17 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
                 {"validation": float_val, "test": float_test}, result["content"], budget)
     guard["within_budget"] = guard["drop_points"] <= budget
     _budget_rule(record, guard, params)
+
+
+def input_output(dataset, model) -> dict:
+    """What a device feeds every file and what it gets back: report.json's ``dataset.input``/``dataset.output``."""
+    head = models.head_activation(model)
+    return {
+        "input": {"shape": list(dataset.input_shape), "dtype": "float32", "preprocessing": dataset.preprocessing,
+                  "range": [round(float(dataset.x_train.min()), 6), round(float(dataset.x_train.max()), 6)]},
+        "output": {"classes": dataset.num_classes, "kind": "probabilities" if head == "softmax" else "logits",
+                   "labels": "labels.txt"},
+    }
 
 
 def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_layers: int) -> None:

@@ -124,11 +124,27 @@ def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 
 
+def _input_output_lines(dataset: dict) -> list[str]:
+    """What a device must feed the files and what it gets back (empty for reports without these keys)."""
+    inputs, outputs = dataset.get("input"), dataset.get("output")
+    if not inputs or not outputs:
+        return []
+    low, high = inputs["range"]
+    kind = ("probabilities (the model ends in a softmax)" if outputs["kind"] == "probabilities" else
+            "logits (no softmax in the model: argmax gives the class; apply a softmax for probabilities)")
+    return [f"Input: float32 {tuple(inputs['shape'])}, {inputs['preprocessing']}; training values in "
+            f"[{low:g}, {high:g}] (a file with int8/uint8 input takes them quantized by its input scale and zero "
+            "point)  ",
+            f"Output: {outputs['classes']} class {kind}; class names, one per line in class order, in "
+            f"{outputs['labels']} beside each file  "]
+
+
 def render(report: Report) -> str:
     """The Markdown report: run summary, variants table, stages table, checks."""
     lines = [f"# edgecomp report: {report.name}", ""]
     if report.dataset:
         lines.append(f"Data: {report.dataset.get('summary', '')}  ")
+        lines.extend(_input_output_lines(report.dataset))
     lines.append(f"edgecomp {report.edgecomp_version}, {report.runtime}, run time {report.seconds:.0f} s.")
     lines.append("")
     lines.append("Accuracy of every file was measured by running that `.tflite` on the test split; "

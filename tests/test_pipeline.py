@@ -56,6 +56,23 @@ def test_report_json_has_the_contract_keys(tiny_run):
     assert set(bench["latency_ms"]) == {"mean", "std", "min", "p50", "p90", "p99", "max"}
 
 
+def test_report_says_what_a_device_feeds_the_files_and_gets_back(tiny_run):
+    cfg, _ = tiny_run
+    saved = json.loads((cfg.run_dir / "report.json").read_text())["dataset"]
+    digits = data.load(cfg.data, cfg.seed)
+    assert saved["input"]["shape"] == [8, 8, 1] and "divided by 16" in saved["input"]["preprocessing"]
+    assert saved["input"]["range"] == [float(digits.x_train.min()), float(digits.x_train.max())] == [0.0, 1.0]
+    # digits_cnn ends in a Dense without activation: its files give logits, which is what the reference file holds.
+    from edgecomp import runtime
+
+    outputs = runtime.predict((cfg.run_dir / "reference" / "model.tflite").read_bytes(), digits.x_test[:20])
+    assert saved["output"] == {"classes": 10, "kind": "logits", "labels": "labels.txt"}
+    assert not ((outputs >= 0).all() and abs(outputs.sum(-1) - 1).max() < 1e-3)   # not probabilities
+    text = (cfg.run_dir / "report.md").read_text()
+    assert "Input: float32 (8, 8, 1), 8x8 gray pixels 0-16 divided by 16" in text
+    assert "Output: 10 class logits (no softmax in the model" in text
+
+
 def test_report_figures_match_the_files(tiny_run):
     cfg, report = tiny_run
     dataset = data.load(cfg.data, cfg.seed)
@@ -126,3 +143,13 @@ def test_edgetpu_target_maps_fully_and_says_the_compiler_was_not_run(tiny_run):
     assert not record.benchmarks
     markdown = (tiny_run[0].run_dir / "report.md").read_text()
     assert "- **edgetpu** (int8): pass, checked statically (edgetpu_compiler not installed)" in markdown
+
+
+def test_a_softmax_head_is_reported_as_probabilities(tiny_dataset):
+    from edgecomp._keras import keras
+
+    inputs = keras.Input(tiny_dataset.input_shape)
+    outputs = keras.layers.Dense(tiny_dataset.num_classes, activation="softmax")(keras.layers.Flatten()(inputs))
+    described = pipeline.input_output(tiny_dataset, keras.Model(inputs, outputs))
+    assert described["output"]["kind"] == "probabilities"
+    assert described["input"]["preprocessing"].startswith("generated float32 values")
