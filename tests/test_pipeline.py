@@ -153,3 +153,32 @@ def test_a_softmax_head_is_reported_as_probabilities(tiny_dataset):
     described = pipeline.input_output(tiny_dataset, keras.Model(inputs, outputs))
     assert described["output"]["kind"] == "probabilities"
     assert described["input"]["preprocessing"].startswith("generated float32 values")
+
+
+@pytest.mark.parametrize("target", ["cpu", "micro"])   # float input and output; int8 input and output
+def test_the_device_example_classifies_image_files_as_the_run_measured(tiny_run, tmp_path, target):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import ROOT
+    from edgecomp import runtime
+
+    cfg, _ = tiny_run
+    digits = data.load(cfg.data, cfg.seed)
+    paths, pixels = [], []
+    for index, sample in enumerate(digits.x_test[:12]):   # digits as 8-bit PNG files, as a camera would give
+        image = np.round(sample[..., 0] * 255).astype(np.uint8)
+        paths.append(str(tmp_path / f"digit{index}.png"))
+        Image.fromarray(image).save(paths[-1])
+        pixels.append(image.astype(np.float32)[..., None] / 255)
+    folder = cfg.run_dir / target
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "classify.py"), "--model",
+                           str(folder / "model.tflite"), "--labels", str(folder / "labels.txt"), "--top", "1",
+                           *paths], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    printed = [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()]
+    expected = runtime.predict_one_by_one((folder / "model.tflite").read_bytes(), np.stack(pixels)).argmax(-1)
+    assert printed == [str(label) for label in expected]
