@@ -175,7 +175,7 @@ def test_the_device_example_classifies_image_files_as_the_run_measured(tiny_run,
         Image.fromarray(image).save(paths[-1])
         pixels.append(image.astype(np.float32)[..., None] / 255)
     folder = cfg.run_dir / target
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "classify.py"), "--model",
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "raspberry_pi" / "classify.py"), "--model",
                            str(folder / "model.tflite"), "--labels", str(folder / "labels.txt"), "--top", "1",
                            *paths], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
