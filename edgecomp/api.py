@@ -231,27 +231,18 @@ def verify(content: bytes, target: str, x: np.ndarray, y: np.ndarray, **settings
         ``{"ok", "rules": [{"rule", "ok", "detail"}, ...], "metrics": {"accuracy", "samples", ...},
         "details"}``: the same verdict and figures a run's report gives that target.
     """
-    from edgecomp import runtime
-    from edgecomp.targets import cpu, edgetpu, gpu, micro
+    from edgecomp import targets
 
     params = _target_params(target, settings)
     content = _model_bytes(content, "verify")
     x, y = _xy(x, y, "verify(x, y)")
     _check_file_fits(content, x, y)
-    skipped = []
-    if target == "cpu":
-        compatibility = cpu.verify(content, params.quantization, params.io)
-        metrics = runtime.evaluate(content, x, y, where="verify") if compatibility["details"].get("rules") \
-            and compatibility["details"]["rules"][0]["ok"] else {}
-    elif target == "micro":
-        compatibility, metrics = micro.verify(content, params, x, y)
-    else:
-        with tempfile.TemporaryDirectory(prefix="edgecomp-verify-") as folder:
-            path = Path(folder) / "model.tflite"
-            path.write_bytes(content)
-            compatibility, metrics, skipped = (gpu if target == "gpu" else edgetpu).run(content, params, path, x, y)
-            # Say "the file", not the temporary copy the target's tools ran on.
-            compatibility = json.loads(json.dumps(compatibility, default=str).replace(str(path), "the file"))
+    with tempfile.TemporaryDirectory(prefix="edgecomp-verify-") as folder:
+        path = Path(folder) / "model.tflite"   # the Edge TPU compiler and the GPU analyzer read a file
+        path.write_bytes(content)
+        compatibility, metrics, skipped = targets.module(target).judge(content, params, path, x, y)
+        # Say "the file", not the temporary copy the target's tools ran on.
+        compatibility = json.loads(json.dumps(compatibility, default=str).replace(str(path), "the file"))
     details = compatibility.get("details", {})
     return {"ok": bool(compatibility.get("ok")), "rules": details.get("rules", []), "metrics": metrics,
             "skipped": skipped, "details": details}

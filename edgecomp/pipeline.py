@@ -20,7 +20,7 @@ import numpy as np
 
 import edgecomp
 from edgecomp import config as config_module
-from edgecomp import data, distribute, files, models, runtime, stages, training
+from edgecomp import data, distribute, files, models, runtime, stages, targets, training
 from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
@@ -29,7 +29,7 @@ from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedEr
 from edgecomp.progress import Ticker
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, edgetpu, gpu, micro, micro_build, micro_project
+from edgecomp.targets import cpu, micro, micro_build, micro_project
 
 log = logging.getLogger("edgecomp")
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
@@ -337,8 +337,10 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics={},
         compatibility={}, io=runtime.io_details(content),
     )
+    judged = targets.module(target)
+    record.compatibility, record.metrics, skipped = judged.judge(content, params, path, dataset.x_test,
+                                                                 dataset.y_test, expect)
     if target == "micro":
-        record.compatibility, record.metrics = micro.verify(content, params, dataset.x_test, dataset.y_test)
         record.compatibility["details"]["stripped_string_bytes"] = stripped
         sources = content
         runs_right = all(rule["ok"] for rule in record.compatibility["details"]["rules"]
@@ -360,24 +362,13 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         arena = lut.get("arena_bytes") if sources is not content else record.compatibility["details"].get("arena_bytes")
         if arena:
             _micro_project(record, sources, params, path.parent, dataset, arena)
-        record.skipped.append({"layer": "benchmark", "reason": "micro: host timings do not predict a "
-                                                              "microcontroller; see the arena and flash figures"})
-    elif target == "edgetpu":
-        record.compatibility, record.metrics, skipped = edgetpu.run(content, params, path, dataset.x_test,
-                                                                    dataset.y_test)
-        record.skipped.extend(skipped)
-    elif target == "gpu":
-        record.compatibility, record.metrics, skipped = gpu.run(content, params, path, dataset.x_test, dataset.y_test)
-        record.skipped.extend(skipped)
-    else:
-        record.compatibility = cpu.verify(content, quantization, io, expect if target != "reference" else None)
-        record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=relative)
+    record.skipped.extend(skipped)
     if not record.compatibility["ok"]:
         log.error("%s: %s", target, failed_rules(record))
     if record.metrics:
         log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
                  record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
-    if target not in ("micro", "edgetpu", "gpu"):
+    if judged.BENCHMARKED:
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
     return record
 

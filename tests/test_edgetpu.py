@@ -198,7 +198,7 @@ def _params(**values):
 def test_absent_compiler_is_reported_not_failed(tiny_int8, tiny_dataset, tmp_path):
     path = tmp_path / "model.tflite"
     path.write_bytes(tiny_int8)
-    compatibility, metrics, skipped = edgetpu.run(tiny_int8, _params(compiler="edgetpu_compiler_not_here"), path,
+    compatibility, metrics, skipped = edgetpu.judge(tiny_int8, _params(compiler="edgetpu_compiler_not_here"), path,
                                                   tiny_dataset.x_test[:20], tiny_dataset.y_test[:20])
     assert compatibility["ok"]
     assert compatibility["details"]["compiler"]["available"] is False
@@ -238,7 +238,7 @@ def test_a_compiler_that_exits_0_but_says_nothing_fails_compiles(tiny_int8, tiny
     path = tmp_path / "model.tflite"
     path.write_bytes(tiny_int8)
     silent = _fake_compiler(tmp_path, "print('Edge TPU Compiler version 16.0.384591198')")
-    compatibility, _, _ = edgetpu.run(tiny_int8, _params(compiler=str(silent)), path,
+    compatibility, _, _ = edgetpu.judge(tiny_int8, _params(compiler=str(silent)), path,
                                       tiny_dataset.x_test[:5], tiny_dataset.y_test[:5])
     assert not compatibility["ok"]
     assert "exited 0 but wrote no compiled model" in _failed(compatibility)["compiles"]
@@ -250,7 +250,7 @@ def test_compiler_failure_and_timeout_are_recorded_not_raised(tiny_int8, tiny_da
     path.write_bytes(tiny_int8)
     failing = _fake_compiler(tmp_path, f"print({(LOGS / 'v14_internal_error_issue173.txt').read_text()!r})\n"
                                        "sys.exit(1)")
-    compatibility, _, _ = edgetpu.run(tiny_int8, _params(compiler=str(failing)), path,
+    compatibility, _, _ = edgetpu.judge(tiny_int8, _params(compiler=str(failing)), path,
                                       tiny_dataset.x_test[:5], tiny_dataset.y_test[:5])
     assert not compatibility["ok"]
     assert _failed(compatibility) == {"compiles": "Internal compiler error. Aborting!"}

@@ -27,6 +27,20 @@ def plain_cnn(input_shape, num_classes):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="plain_cnn")
 
 
+def vgg_rgb32(input_shape, num_classes):
+    """VGG-style stacks on 32x32 RGB (about 28M MACs): compute, not per-op overhead, sets its latency."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters, convs in ((32, 2), (64, 2), (128, 1)):
+        for _ in range(convs):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="vgg_rgb32")
+
+
 def awkward_cnn(input_shape, num_classes):
     """Residual, depthwise, concat, BatchNorm after an activation, softmax head."""
     inputs = keras.Input(input_shape)
@@ -157,6 +171,7 @@ MODELS = {
     "conv1d_kws": (MNIST1D, False),
     "gru_kws": (MNIST1D, False),
     "tiny_vit": (DIGITS, False),
+    "vgg_rgb32": (DIGITS_RGB, False),
     "mobilenet_v3_small": (DIGITS_RGB, True),
     "mobilenet_v2": (DIGITS_RGB, True),
     "efficientnet_b0": (DIGITS_RGB, True),

@@ -27,6 +27,22 @@ DYNAMIC_MIN_ELEMENTS = 1024  # the converter's threshold for dynamic-range weigh
 INTEGER_TYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
 
+BENCHMARKED = True   # the run times its files on every benchmark device
+
+
+def judge(content: bytes, params, path, x_test: np.ndarray, y_test: np.ndarray,
+          expect: dict | None = None) -> tuple[dict, dict, list]:
+    """The whole target: the cpu rules (``verify``) and accuracy measured by running the file with LiteRT.
+
+    Returns:
+        ``(compatibility, metrics, skipped)``; no metrics when the file does not load.
+    """
+    compatibility = verify(content, params.quantization, params.io, expect)
+    rules = compatibility["details"].get("rules") or []
+    metrics = runtime.evaluate(content, x_test, y_test, where=str(path)) if rules and rules[0]["ok"] else {}
+    return compatibility, metrics, []
+
+
 def verify(content: bytes, quantization: str, io: str = "float32", expect: dict | None = None,
            float_fallback: int = 0) -> dict:
     """Checks ``content`` against the cpu rules for ``quantization`` and ``io``.

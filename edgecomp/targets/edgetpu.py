@@ -394,7 +394,8 @@ def compile_model(path: Path, compiler: str = COMPILER, timeout_s: float = 180.0
     return result
 
 
-def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict, list]:
+def judge(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarray,
+          expect: dict | None = None) -> tuple[dict, dict, list]:
     """The whole target: verify, compile when the rules pass and the compiler exists, measure accuracy.
 
     Args:
@@ -402,6 +403,7 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
         params: the ``EdgeTpuTargetConfig``.
         path: where the file was written (the compiler's outputs go beside it).
         x_test, y_test: the test split; accuracy is measured on the int8 file with LiteRT.
+        expect: not used (the Edge TPU rules do not depend on earlier stages).
 
     Returns:
         ``(compatibility, metrics, skipped)``.
@@ -435,6 +437,9 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
         compatibility["details"]["checked"] = "statically (the compiler was not run: the rules failed)"
     metrics = runtime.evaluate(content, x_test, y_test, where=str(path))
     return compatibility, metrics, skipped
+
+
+BENCHMARKED = False   # timings need a Coral device; the run's benchmark devices do not have one
 
 
 def _rule(name: str, ok: bool, detail: str) -> dict:

@@ -770,8 +770,9 @@ def _analyzer_rule(found: dict, static: dict) -> dict:
     return _rule("analyzer", True, detail)
 
 
-def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict, list]:
-    """The whole target: verify, try the GPU, measure accuracy with the CPU interpreter.
+def judge(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarray,
+          expect: dict | None = None) -> tuple[dict, dict, list]:
+    """The whole target: verify, try the GPU, measure accuracy with the CPU interpreter (``expect`` unused).
 
     Returns:
         ``(compatibility, metrics, skipped)``; ``metrics["runtime"]`` says where accuracy was measured.
@@ -784,6 +785,9 @@ def run(content: bytes, params, path: Path, x_test: np.ndarray, y_test: np.ndarr
     skipped = [{"layer": "benchmark", "reason": "gpu: timings need a device with the GPU delegate; host CPU "
                                                 "timings of this file would not predict them"}]
     return compatibility, metrics, skipped
+
+
+BENCHMARKED = False   # host CPU timings of a GPU file would not predict the GPU
 
 
 def _rule(name: str, ok: bool, detail: str) -> dict:

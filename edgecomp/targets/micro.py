@@ -149,6 +149,17 @@ def predict(content: bytes, x: np.ndarray, arena_size: int, raw: bool = False) -
         worker.close()
 
 
+BENCHMARKED = False   # host timings do not predict a microcontroller
+
+
+def judge(content: bytes, params: MicroTargetConfig, path, x_test: np.ndarray, y_test: np.ndarray,
+          expect: dict | None = None) -> tuple[dict, dict, list]:
+    """The micro rules and accuracy measured in TFLM (``verify``); ``path`` and ``expect`` are not used."""
+    compatibility, metrics = verify(content, params, x_test, y_test)
+    return compatibility, metrics, [{"layer": "benchmark", "reason": "micro: host timings do not predict a "
+                                                                     "microcontroller; see the arena and flash figures"}]
+
+
 def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict]:
     """Runs the micro rules; returns ``(compatibility, metrics measured in TFLM)``."""
     rules = []
