@@ -143,10 +143,11 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
             _compare_with_plain_int8(record, plain_int8)
         if stage_kind(item) == "cpu" and params.quantization == "int8" and record.metrics:
             if "quantize" not in previous:   # post-training int8 (also when QAT fell back to it)
-                _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect)
+                _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect,
+                       reference=report.reference)
             elif before_qat is not None:
                 _guard(cfg, record, params, before_qat, dataset, calibration, run_dir, report.stages[:-1], expect,
-                       qat=True)
+                       qat=True, reference=report.reference)
         record.accuracy_steps = accuracy_steps(report.stages, report.reference, record)
         report.targets.append(record)
     report.seconds = time.time() - started
@@ -412,7 +413,8 @@ def failed_rules(record: TargetRecord) -> str:
     return "failed " + "; ".join(failed) if failed else "passed"
 
 
-def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect, qat: bool = False) -> None:
+def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect, qat: bool = False,
+           reference: TargetRecord | None = None) -> None:
     """Judges the int8 file against the float model it came from; repairs it when over budget.
 
     The float model's accuracy is the last stage's (Keras, test split): the drop of
@@ -424,6 +426,12 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
     started from and ``stages`` end with that model's stage: QAT and conversion are
     judged together against it, and the ladder's rungs quantize ``model`` after
     training instead (the best file on validation wins).
+
+    The verdict fails when, after repair, the step still loses more than the budget
+    against its input *and* the file is more than the budget below the float32
+    ``reference`` file: the budget is in points of the reference, so a step that
+    gives back part of what earlier stages gained (pruning's regularization often
+    lifts the float model) fails nothing; the report still says what the step lost.
     """
     from edgecomp.targets import accuracy_guard
 
@@ -465,6 +473,10 @@ def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, ex
                 model, result["calibration"], validation, (dataset.x_test, dataset.y_test),
                 {"validation": float_val, "test": float_test}, result["content"], budget)
     guard["within_budget"] = guard["drop_points"] <= budget
+    reference_accuracy = (reference.metrics or {}).get("accuracy") if reference is not None else None
+    if reference_accuracy is not None:
+        guard["total_drop_points"] = (reference_accuracy - record.metrics["accuracy"]) * 100
+        guard["within_budget"] = guard["within_budget"] or guard["total_drop_points"] <= budget
     _budget_rule(record, guard, params)
 
 
@@ -497,6 +509,10 @@ def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
               f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
     if guard["rung"] and guard["rung"] not in ("plain", "qat"):
         detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
+    if drop > budget and guard["within_budget"]:
+        detail += (f", but the file is {abs(guard['total_drop_points']):.2f} points "
+                   f"{'below' if guard['total_drop_points'] > 0 else 'above'} the float32 reference: within budget "
+                   "(earlier stages gained what this step lost)")
     ok = guard["within_budget"]
     if not ok:
         detail += "; over budget after every repair rung: " + _next_try(guard.get("alternatives", []))

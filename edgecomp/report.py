@@ -344,6 +344,8 @@ def _guard_lines(report: Report) -> list[str]:
             how = "QAT's file replaced by post-training int8 of the model before QAT, " + how
         lines.append(f"- **{record.target}**: {guard['drop_points']:.2f} points lost against {against} "
                      f"(test split; budget {guard['budget_points']:.2f}): {verdict}; {how}"
+                     + (f" (the file is {-guard['total_drop_points']:+.2f} points against the float32 reference)"
+                        if guard["drop_points"] > guard["budget_points"] and guard.get("within_budget") else "")
                      + (f"; {len(guard['float_layers'])} layer(s) kept float: "
                         + ", ".join(f"`{name}`" for name in guard["float_layers"]) if guard.get("float_layers") else ""))
         if guard.get("steps"):

@@ -90,3 +90,40 @@ def test_qat_file_over_budget_is_judged_against_the_model_before_qat_and_replace
     assert guard["rung"] in ("calibration", "float_fallback") and guard["within_budget"]
     assert report["targets"][0]["metrics"]["accuracy"] >= baseline - 0.01
     assert "replaced by post-training int8 of the model before QAT" in (tmp_path / "qat" / "report.md").read_text()
+
+
+def test_a_step_over_budget_against_its_input_fails_only_when_the_file_is_over_budget_of_the_reference(tmp_path):
+    """The budget is in points of the float32 reference: giving back what earlier stages gained fails nothing."""
+    import sys
+
+    from edgecomp import config, data, pipeline, runtime, training   # first: it chooses tf_keras
+    from edgecomp.config import stage_params
+    from edgecomp.report import StageRecord, TargetRecord
+    from edgecomp.targets import convert
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from custom_models import templates_with_offset
+
+    cfg = config.from_dict({**CONFIG, "name": "steps", "output_dir": str(tmp_path),
+                            "targets": [{"cpu": {"quantization": "int8", "fallback": "none"}}]})
+    dataset = data.load(cfg.data, cfg.seed)
+    model = templates_with_offset(dataset.input_shape, dataset.num_classes)   # int8 near chance, float ~0.9
+    calibration = data.representative_samples(dataset, 50)
+    content = convert.convert(model, "int8", "float32", calibration)
+    (tmp_path / "cpu").mkdir()
+    verdicts = {}
+    for reference_accuracy in (0.0, 1.0):   # a reference far below the file, then far above it
+        (tmp_path / "cpu" / "model.tflite").write_bytes(content)
+        record = TargetRecord("cpu", "int8", "cpu/model.tflite", len(content), 0,
+                              runtime.evaluate(content, dataset.x_test, dataset.y_test), {"ok": True, "details": {}})
+        before = [StageRecord("baseline", 0, 0, {"accuracy": training.accuracy(model, dataset.x_test,
+                                                                                dataset.y_test)}, 0.0)]
+        reference = TargetRecord("reference", "float32", "reference/model.tflite", 0, 0,
+                                 {"accuracy": reference_accuracy}, {"ok": True})
+        pipeline._guard(cfg, record, stage_params(cfg.targets[0]), model, dataset, calibration, tmp_path, before,
+                        None, reference=reference)
+        rule = next(r for r in record.compatibility["details"]["rules"] if r["rule"] == "accuracy_budget")
+        assert record.accuracy_guard["drop_points"] > 50   # the step itself is far over budget both times
+        verdicts[reference_accuracy] = (record.accuracy_guard["within_budget"], rule["ok"], rule["detail"])
+    assert verdicts[0.0][:2] == (True, True) and "above the float32 reference: within budget" in verdicts[0.0][2]
+    assert verdicts[1.0][:2] == (False, False) and "over budget after every repair rung" in verdicts[1.0][2]
