@@ -35,7 +35,8 @@ TEST_SHARE = 0.2         # of the training arrays, when no test arrays are given
 
 def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None, y_val: Optional[np.ndarray] = None,
             x_test: Optional[np.ndarray] = None, y_test: Optional[np.ndarray] = None,
-            num_classes: Optional[int] = None, seed: int = 0, name: str = "arrays") -> Dataset:
+            num_classes: Optional[int] = None, seed: int = 0, name: str = "arrays",
+            augment: Optional[dict] = None) -> Dataset:
     """A ``Dataset`` from arrays: the splits not given are held out of ``(x, y)``, stratified and seeded.
 
     Args:
@@ -45,9 +46,12 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
         num_classes: default: the largest label + 1.
         seed: seed of the held-out splits.
         name: shown in logs and records.
+        augment: ``train.augment``'s keys, e.g. ``{"shift": 0.1}``: every training ``compress`` runs on this
+            dataset sees its training samples changed anew each epoch.
 
     Raises:
         DataError: shapes or labels that do not fit together.
+        ConfigError: an unknown ``augment`` key or a value the data cannot take.
     """
     from edgecomp import data as data_module
 
@@ -74,7 +78,18 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
                         f"{labels.max()}")
     if classes < 2 or len(np.unique(y)) < 2:
         raise DataError(f"the training labels hold {len(np.unique(y))} class(es): a classifier needs at least 2")
-    return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes, preprocessing="the arrays as given")
+    settings = None
+    if augment is not None:
+        from edgecomp import augment as augmentation
+
+        try:
+            settings = config_module.from_dict({"train": {"augment": augment}},
+                                               source="dataset(augment=...)").train.augment
+            augmentation.check(settings, tuple(x.shape[1:]))
+        except ConfigError as error:   # name the keyword the caller wrote
+            raise ConfigError(str(error).replace("train.augment.", "augment.")) from None
+    return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes, preprocessing="the arrays as given",
+                   augment=settings)
 
 
 def _samples(x, names: str) -> np.ndarray:

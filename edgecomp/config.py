@@ -149,6 +149,23 @@ class ModelSpec(_Strict):
         return self
 
 
+class AugmentConfig(_Strict):
+    """Random changes to every training sample, drawn anew each epoch; validation and test data are never changed.
+
+    Applied to every training of the run: the baseline, each stage's fine-tuning and
+    recovery, distillation (teacher and students) and QAT.
+    """
+
+    shift: float = Field(
+        0.0, ge=0.0, le=0.5,
+        description="largest shift along each spatial axis (height and width of an image, the steps of a "
+                    "sequence) as a share of its length, e.g. 0.1; shifted-in values are zeros")
+    flip: bool = Field(False, description="mirror images left-right at random (samples of shape (h, w, c) only; "
+                                          "not for digits, text or anything whose mirror image is another class)")
+    noise: float = Field(0.0, ge=0.0, le=1.0,
+                         description="add Gaussian noise of this many standard deviations of the training data")
+
+
 class TrainConfig(_Strict):
     """Baseline training; ``epochs: 0`` keeps the given weights."""
 
@@ -166,6 +183,9 @@ class TrainConfig(_Strict):
         True, description="stop the run (exit 1) when the float model's test accuracy is near chance "
                           "(within a tenth of the way from the majority class share to 1)"
     )
+    augment: Optional[AugmentConfig] = Field(
+        None, description="random shifts, flips or noise for every training of the run (baseline, stages, "
+                          "distillation, QAT); off by default")
 
 
 class DistributeConfig(_Strict):

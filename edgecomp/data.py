@@ -56,6 +56,8 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     # How the samples were made from the raw data: what a device must do to its own inputs before inference.
     preprocessing: str = ""
+    # train.augment (an AugmentConfig): every training on this dataset augments its training split.
+    augment: object = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -221,36 +221,47 @@ def worker_dir() -> Path:
     return folder
 
 
-def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool):
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, augment=None):
     """In-memory arrays as a ``tf.data`` dataset of global batches, sharded by data across workers.
 
     Every worker builds the same dataset (the shuffle seed is drawn from NumPy's
     generator, which ``keras.utils.set_random_seed`` seeds alike everywhere) and
-    keeps its share of each batch (``AutoShardPolicy.DATA``).
+    keeps its share of each batch (``AutoShardPolicy.DATA``). ``augment`` (an
+    ``AugmentConfig``) changes each sample after shuffling (``edgecomp.augment``).
     """
+    from edgecomp import augment as augmentation
     from edgecomp._keras import tf
 
     data = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         data = data.shuffle(len(x), seed=int(np.random.randint(0, 2**31 - 1)), reshuffle_each_iteration=True)
+    if augmentation.active(augment):
+        transform = augmentation.sample_transform(augment, tuple(x.shape[1:]), augmentation.training_std(x))
+        data = data.map(transform)   # one call at a time: parallel calls would draw from the RNG in any order
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return data.batch(batch_size).with_options(options)
 
 
-def fit_inputs(x_train, y_train, x_val, y_val, batch_size: int) -> dict:
+def fit_inputs(x_train, y_train, x_val, y_val, batch_size: int, augment=None) -> dict:
     """Keyword arguments of ``Model.fit`` for the data: arrays, or datasets under a strategy.
 
     Without a strategy these are the arrays themselves (the path, and the results,
     of edgecomp without ``distribute``); inside ``scope()`` they are ``dataset``s.
+    With ``augment`` (``train.augment``) the training split is always a dataset whose
+    samples change each epoch; validation stays as it is.
     """
+    from edgecomp import augment as augmentation
     from edgecomp._keras import tf
 
     has_val = len(x_val) > 0
+    if augmentation.active(augment) and not tf.distribute.has_strategy():
+        return {"x": dataset(x_train, y_train, batch_size, shuffle=True, augment=augment).prefetch(2),
+                "validation_data": (x_val, y_val) if has_val else None}
     if not tf.distribute.has_strategy():
         return {"x": x_train, "y": y_train, "validation_data": (x_val, y_val) if has_val else None,
                 "batch_size": batch_size, "shuffle": True}
-    return {"x": dataset(x_train, y_train, batch_size, shuffle=True),
+    return {"x": dataset(x_train, y_train, batch_size, shuffle=True, augment=augment),
             "validation_data": dataset(x_val, y_val, batch_size, shuffle=False) if has_val else None}
 
 

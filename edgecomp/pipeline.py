@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -20,7 +21,7 @@ import numpy as np
 
 import edgecomp
 from edgecomp import config as config_module
-from edgecomp import data, distribute, files, models, runtime, stages, targets, training
+from edgecomp import augment, data, distribute, files, models, runtime, stages, targets, training
 from edgecomp import report as report_module
 from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
@@ -70,6 +71,9 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     tf.config.experimental.enable_op_determinism()
 
     dataset = data.load(cfg.data, cfg.seed)
+    if cfg.train.augment is not None:   # every training below augments the training split
+        augment.check(cfg.train.augment, dataset.input_shape)
+        dataset = dataclasses.replace(dataset, augment=cfg.train.augment)
     log.info("data %s", dataset.summary())
     calibration = data.representative_samples(dataset, cfg.data.calibration_samples, cfg.seed)
     report = Report(name=cfg.name, edgecomp_version=edgecomp.__version__, runtime=runtime.runtime_name(),
@@ -625,6 +629,8 @@ class Checkpoints:
                 one this run loaded or saved (None when it did neither: matches nothing).
         """
         upstream = {key: self.config[key] for key in ("seed", "data", "model", "train")}
+        if upstream["train"].get("augment") is None:   # without augment: the fingerprints of earlier versions
+            upstream["train"] = {k: v for k, v in upstream["train"].items() if k != "augment"}
         upstream["stages"] = self.config["stages"][:index]
         if index > 0:
             upstream["started_from"] = started_from or self._contents.get(index - 1)

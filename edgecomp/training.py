@@ -238,7 +238,8 @@ def fit(
     if log_dir is not None:
         all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
     # Arrays as before; tf.data datasets of global batches under tf.distribute (edgecomp.distribute).
-    inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, batch_size)
+    inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val, batch_size,
+                                   augment=dataset.augment)
     with quiet():   # tf.data's C++ "use_unbounded_threadpool" line; Keras's epoch lines go to stdout
         history = model.fit(**inputs, epochs=epochs, callbacks=all_callbacks, verbose=verbosity())
     history.notes = [note for guard in guards for note in guard.notes]

@@ -201,7 +201,7 @@ def fit(distiller: Distiller, context, *, epochs: int, learning_rate: float):
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
     dataset = context.dataset
     inputs = distribute.fit_inputs(dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val,
-                                   context.config.data.batch_size)
+                                   context.config.data.batch_size, augment=dataset.augment)
     history = distiller.fit(
         **inputs, epochs=epochs, verbose=training.verbosity(),
         callbacks=[keras.callbacks.TensorBoard(log_dir=str(context.log_dir), profile_batch=0)],
