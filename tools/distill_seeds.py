@@ -11,6 +11,7 @@ Example:
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -37,6 +38,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = config.from_dict({**raw, "seed": seed})
         dataset = data.load(cfg.data, cfg.seed)
+        if cfg.train.augment is not None:   # as edgecomp.train applies it
+            dataset = dataclasses.replace(dataset, augment=cfg.train.augment)
         keras.utils.set_random_seed(cfg.seed)
         model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
         params = stage_params(cfg.stages[0]).model_copy(update={"baseline_student": True})
