@@ -23,7 +23,8 @@ FULL = {
     "data": {"source": "synthetic", "image_size": [8, 8], "channels": 1, "num_classes": 3, "samples": 60,
              "validation_split": 0.1, "test_split": 0.2, "batch_size": 16, "calibration_samples": 20},
     "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
-    "train": {"epochs": 2, "learning_rate": 0.01, "early_stopping_patience": 3},
+    "train": {"epochs": 2, "learning_rate": 0.01, "early_stopping_patience": 3,
+              "augment": {"shift": 0.1, "noise": 0.1}},
     "stages": [
         {"distill": {"teacher": {"zoo": "digits_cnn"}, "teacher_epochs": 2, "temperature": 4.0, "alpha": 0.1,
                      "epochs": 2, "learning_rate": 0.001, "features": [{"teacher": "a", "student": "b", "weight": 1.0}],
