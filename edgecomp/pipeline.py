@@ -27,10 +27,9 @@ from edgecomp._keras import keras, tf
 from edgecomp.config import Config, stage_kind, stage_params
 from edgecomp.devices import open_configured, output_check
 from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedError
-from edgecomp.progress import Ticker
 from edgecomp.report import Report, StageRecord, TargetRecord
 from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, micro, micro_build, micro_project
+from edgecomp.targets import cpu, micro
 
 log = logging.getLogger("edgecomp")
 # HDF5: the one tf_keras format that reloads models with tfmot quantize wrappers
@@ -347,26 +346,9 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
                                                                  dataset.y_test, expect)
     if target == "micro":
         record.compatibility["details"]["stripped_string_bytes"] = stripped
-        sources = content
-        runs_right = all(rule["ok"] for rule in record.compatibility["details"]["rules"]
-                         if not rule["rule"].startswith("fits_"))   # a LUT may make a model fit
-        if expect and expect.get("clusters") and runs_right:
-            # verify searched the arena on the same first test sample
-            compressed, lut = micro.lut_variant(content, expect["clusters"], dataset.x_test[:50],
-                                                record.compatibility["details"]["arena_bytes"])
-            record.compatibility["details"]["lut"] = lut
-            if compressed is not None:
-                files.write_bytes(path.parent / "model_lut.tflite", compressed)
-                sources = compressed
-                micro.apply_lut(record.compatibility, params, compressed)
-                log.info("%s: LUT compression %s → %s bytes, TFLM outputs identical", target,
-                         f"{len(content):,}", f"{len(compressed):,}")
-        for source in micro.write_sources(sources, path.parent):
-            log.info("%s: wrote %s", target, source)
-        lut = record.compatibility["details"].get("lut") or {}
-        arena = lut.get("arena_bytes") if sources is not content else record.compatibility["details"].get("arena_bytes")
-        if arena:
-            _micro_project(record, sources, params, path.parent, dataset, arena)
+    finish = getattr(judged, "finish", None)   # files a target writes beside its model (micro: sources, project)
+    if finish is not None:
+        finish(record, content, params, path.parent, dataset, expect)
     record.skipped.extend(skipped)
     if not record.compatibility["ok"]:
         log.error("%s: %s", target, failed_rules(record))
@@ -376,30 +358,6 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     if judged.BENCHMARKED:
         record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
     return record
-
-
-def _micro_project(record: TargetRecord, content: bytes, params, folder: Path, dataset, arena: int) -> None:
-    """Writes the micro project (API, example, Makefile); builds and runs it where ``build`` names a TFLM tree."""
-    count = micro_project.example_samples(record.io, dataset.x_test)
-    x, y = dataset.x_test[:count], dataset.y_test[:count]
-    try:
-        expected = micro.predict(content, x, arena, raw=True)
-    except ModelError as error:
-        log.error("micro: the example program's expected outputs could not be computed: %s", error)
-        return
-    micro_project.write_project(content, record.io, folder, x, y, expected, arena)
-    log.info("micro: wrote the project (edgecomp_model.h/.cc, main.cc, Makefile) with %d test samples", count)
-    if not params.build:
-        record.compatibility["details"]["checked"] = "in the Python TFLM interpreter only (no build: micro.build)"
-        return
-    with Ticker("micro: building and running the project for " + ", ".join(params.build)):
-        builds = micro_build.check(content, folder, dict(params.build), expected, y)
-    micro.apply_builds(record.compatibility, params, builds)
-    record.compatibility["details"]["checked"] = ("in the Python TFLM interpreter and by building and running "
-                                                  "for " + ", ".join(params.build))
-    for target, built in builds.items():
-        for rule in built["rules"]:
-            (log.info if rule["ok"] else log.error)("micro %s: %s: %s", target, rule["rule"], rule["detail"])
 
 
 def class_labels(dataset) -> list[str]:

@@ -160,6 +160,13 @@ def judge(content: bytes, params: MicroTargetConfig, path, x_test: np.ndarray, y
                                                                      "microcontroller; see the arena and flash figures"}]
 
 
+def finish(record, content: bytes, params: MicroTargetConfig, folder: Path, dataset, expect: dict | None = None) -> None:
+    """Writes the LUT variant, the C sources and the buildable project beside the judged file (``micro_outputs``)."""
+    from edgecomp.targets import micro_outputs
+
+    micro_outputs.finish(record, content, params, folder, dataset, expect)
+
+
 def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict]:
     """Runs the micro rules; returns ``(compatibility, metrics measured in TFLM)``."""
     rules = []
