@@ -78,18 +78,16 @@ def dataset(x: np.ndarray, y: np.ndarray, *, x_val: Optional[np.ndarray] = None,
                         f"{labels.max()}")
     if classes < 2 or len(np.unique(y)) < 2:
         raise DataError(f"the training labels hold {len(np.unique(y))} class(es): a classifier needs at least 2")
-    settings = None
-    if augment is not None:
-        from edgecomp import augment as augmentation
+    built = Dataset(name, x, y, x_val, y_val, x_test, y_test, classes, preprocessing="the arrays as given")
+    if augment is None:
+        return built
+    from edgecomp import augment as augmentation
 
-        try:
-            settings = config_module.from_dict({"train": {"augment": augment}},
-                                               source="dataset(augment=...)").train.augment
-            augmentation.check(settings, tuple(x.shape[1:]))
-        except ConfigError as error:   # name the keyword the caller wrote
-            raise ConfigError(str(error).replace("train.augment.", "augment.")) from None
-    return Dataset(name, x, y, x_val, y_val, x_test, y_test, classes, preprocessing="the arrays as given",
-                   augment=settings)
+    try:
+        settings = config_module.from_dict({"train": {"augment": augment}}, source="dataset(augment=...)").train.augment
+        return augmentation.attach(built, settings)
+    except ConfigError as error:   # name the keyword the caller wrote
+        raise ConfigError(str(error).replace("train.augment.", "augment.")) from None
 
 
 def _samples(x, names: str) -> np.ndarray:
@@ -170,11 +168,19 @@ def compress(model, stages: Sequence[dict], data: Dataset, *, seed: int = 0, bat
     return current, records
 
 
+def _unfit_input(model, sample_shape: tuple) -> tuple | None:
+    """The model's input shape when samples of ``sample_shape`` do not fit it (None dimensions fit any); else None."""
+    if isinstance(model.input_shape, list):
+        return None
+    expected = tuple(model.input_shape[1:])
+    fits = len(expected) == len(sample_shape) and all(e is None or e == d for e, d in zip(expected, sample_shape))
+    return None if fits else expected
+
+
 def _check_model_fits(model, input_shape: tuple, num_classes: int) -> None:
     """DataError when the model's input or output does not fit the data (before any training)."""
-    expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
-    if expected is not None and any(e is not None and e != d for e, d in zip(expected, input_shape)) \
-            or expected is not None and len(expected) != len(input_shape):
+    expected = _unfit_input(model, tuple(input_shape))
+    if expected is not None:
         raise DataError(f"the model takes samples of shape {expected}, the data has {tuple(input_shape)}: reshape "
                         "the data or add a Reshape/Flatten layer")
     outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
@@ -221,9 +227,8 @@ def convert(model, target: str = "cpu", *, calibration: Optional[np.ndarray] = N
                           "(a QAT model too: the converter reads its input range from them)")
     if calibration is not None:
         calibration = _samples(calibration, "convert(calibration=...)")
-        expected = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
-        if expected is not None and (len(expected) != calibration.ndim - 1 or any(
-                e is not None and e != d for e, d in zip(expected, calibration.shape[1:]))):
+        expected = _unfit_input(model, calibration.shape[1:])
+        if expected is not None:
             raise DataError(f"convert(calibration=...): samples of shape {calibration.shape[1:]}, the model takes "
                             f"{expected} (pass a batch: an array of shape (N, *{expected}))")
     content = converter.convert(model, params.quantization, params.io, calibration,

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from edgecomp.config import AugmentConfig
@@ -48,6 +50,18 @@ def check(augment: AugmentConfig | None, input_shape: tuple[int, ...]) -> None:
         if not any(shift_steps(augment, shape)):
             raise ConfigError(f"train.augment.shift: {augment.shift} of {shape[:-1]} rounds to no shift at all; "
                               f"use at least {0.5 / max(shape[:-1]):.3g}")
+
+
+def attach(dataset, augment: AugmentConfig | None):
+    """``dataset`` with ``augment`` checked against its samples and attached: every training on it augments.
+
+    Raises:
+        ConfigError: ``augment`` cannot apply to the data's samples (``check``).
+    """
+    if augment is None:
+        return dataset
+    check(augment, dataset.input_shape)
+    return dataclasses.replace(dataset, augment=augment)
 
 
 def sample_transform(augment: AugmentConfig, input_shape: tuple[int, ...], data_std: float):

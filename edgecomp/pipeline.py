@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -69,10 +68,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
-    dataset = data.load(cfg.data, cfg.seed)
-    if cfg.train.augment is not None:   # every training below augments the training split
-        augment.check(cfg.train.augment, dataset.input_shape)
-        dataset = dataclasses.replace(dataset, augment=cfg.train.augment)
+    dataset = augment.attach(data.load(cfg.data, cfg.seed), cfg.train.augment)   # every training below uses it
     log.info("data %s", dataset.summary())
     calibration = data.representative_samples(dataset, cfg.data.calibration_samples, cfg.seed)
     report = Report(name=cfg.name, edgecomp_version=edgecomp.__version__, runtime=runtime.runtime_name(),

@@ -11,14 +11,13 @@ Example:
 """
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from edgecomp import config, data, models, stages
+from edgecomp import augment, config, data, models, stages
 from edgecomp._keras import keras, tf
 from edgecomp.config import stage_kind, stage_params
 
@@ -37,9 +36,7 @@ def main() -> None:
     reductions = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = config.from_dict({**raw, "seed": seed})
-        dataset = data.load(cfg.data, cfg.seed)
-        if cfg.train.augment is not None:   # as edgecomp.train applies it
-            dataset = dataclasses.replace(dataset, augment=cfg.train.augment)
+        dataset = augment.attach(data.load(cfg.data, cfg.seed), cfg.train.augment)   # as edgecomp.train does
         keras.utils.set_random_seed(cfg.seed)
         model = models.build(cfg.model, dataset.input_shape, dataset.num_classes)
         params = stage_params(cfg.stages[0]).model_copy(update={"baseline_student": True})
