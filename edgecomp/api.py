@@ -216,9 +216,8 @@ def convert(model, target: str = "cpu", *, calibration: Optional[np.ndarray] = N
         ConfigError: an unknown target or key, or calibration missing where the quantization needs it.
         ModelError: the converter refused the model (the message names the op).
     """
+    from edgecomp import targets
     from edgecomp._keras import ensure_tf_keras_model
-    from edgecomp.targets import convert as converter
-    from edgecomp.targets import micro
 
     params = _target_params(target, settings)
     model = ensure_tf_keras_model(model, "convert(model=...)")
@@ -231,10 +230,7 @@ def convert(model, target: str = "cpu", *, calibration: Optional[np.ndarray] = N
         if expected is not None:
             raise DataError(f"convert(calibration=...): samples of shape {calibration.shape[1:]}, the model takes "
                             f"{expected} (pass a batch: an array of shape (N, *{expected}))")
-    content = converter.convert(model, params.quantization, params.io, calibration,
-                                static_batch=target in converter.BATCH_ONE_TARGETS)
-    if target == "micro" and params.strip_strings:
-        content = micro.strip_strings(content)
+    content, _ = targets.convert_for(target, model, params, calibration)
     return content
 
 

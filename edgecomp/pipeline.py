@@ -320,16 +320,10 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     relative = f"{target}/model.tflite"
     log.info("%s: converting to %s (io %s)", target, quantization, io)
     try:
-        content = converter.convert(model, quantization, io, calibration,
-                                    static_batch=target in converter.BATCH_ONE_TARGETS)
+        content, facts = targets.convert_for(target, model, params, calibration)
     except ModelError as error:
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
-    stripped = 0
-    if target == "micro" and params.strip_strings:
-        stripped = len(content)
-        content = micro.strip_strings(content)
-        stripped -= len(content)
     path = files.write_bytes(run_dir / relative, content)
     files.write_text(path.parent / "labels.txt", "".join(f"{name}\n" for name in class_labels(dataset)))
     record = TargetRecord(
@@ -340,8 +334,8 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     judged = targets.module(target)
     record.compatibility, record.metrics, skipped = judged.judge(content, params, path, dataset.x_test,
                                                                  dataset.y_test, expect)
-    if target == "micro":
-        record.compatibility["details"]["stripped_string_bytes"] = stripped
+    if facts:
+        record.compatibility["details"].update(facts)
     finish = getattr(judged, "finish", None)   # files a target writes beside its model (micro: sources, project)
     if finish is not None:
         finish(record, content, params, path.parent, dataset, expect)

@@ -408,11 +408,10 @@ class StructureChecks:
         return self._model
 
     def _measure(self, candidate: Candidate) -> Measured:
-        from edgecomp import models, stages
+        from edgecomp import models, stages, targets
         from edgecomp._keras import keras
         from edgecomp.config import stage_kind, stage_params
         from edgecomp.devices import open_configured
-        from edgecomp.targets import convert as converter
         from edgecomp.targets import micro
 
         cfg = trial_config(self.search, candidate)
@@ -429,12 +428,9 @@ class StructureChecks:
                 context = stages.StageContext(cfg, self.dataset, Path(scratch) / f"{index:02d}_{kind}")
                 model, _ = stages.apply(kind, model, no_training, context)
             target = next(stage_params(item) for item in cfg.targets if stage_kind(item) == self.search.target_kind)
-            content = converter.convert(model, target.quantization, target.io, self.calibration,
-                                        static_batch=self.search.target_kind in converter.BATCH_ONE_TARGETS)
-            if self.search.target_kind == "micro" and target.strip_strings:   # as the run writes the file
-                content = micro.strip_strings(content)
+            content, _ = targets.convert_for(self.search.target_kind, model, target, self.calibration)  # as the run does
             measured = Measured(size_bytes=len(content))
-            if self.search.target_kind == "micro" and self.search.search.constraints.max_arena_kb is not None:
+            if self.search.search.constraints.max_arena_kb is not None:    # micro only (the schema checks)
                 measured.arena_bytes = micro.find_arena(content, self.dataset.x_test[0])
             if self.search.search.constraints.max_latency_ms is not None:
                 path = Path(scratch) / "structure.tflite"

@@ -152,6 +152,17 @@ def predict(content: bytes, x: np.ndarray, arena_size: int, raw: bool = False) -
 BENCHMARKED = False   # host timings do not predict a microcontroller
 
 
+def convert(model, params: MicroTargetConfig, calibration: np.ndarray | None) -> tuple[bytes, dict]:
+    """The converter's file with batch 1, its strings stripped when ``strip_strings`` (the bytes saved in facts)."""
+    from edgecomp.targets import convert as converter
+
+    content = converter.convert(model, params.quantization, params.io, calibration, static_batch=True)
+    if not params.strip_strings:
+        return content, {"stripped_string_bytes": 0}
+    stripped = strip_strings(content)
+    return stripped, {"stripped_string_bytes": len(content) - len(stripped)}
+
+
 def judge(content: bytes, params: MicroTargetConfig, path, x_test: np.ndarray, y_test: np.ndarray,
           expect: dict | None = None) -> tuple[dict, dict, list]:
     """The micro rules and accuracy measured in TFLM (``verify``); ``path`` and ``expect`` are not used."""
