@@ -56,6 +56,10 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     # How the samples were made from the raw data: what a device must do to its own inputs before inference.
     preprocessing: str = ""
+    # The same as numbers, for the files' metadata: a device computes (raw - mean) / std (None: fed as stored),
+    # and "grayscale"/"rgb" when the samples are images.
+    normalization: tuple[float, float] | None = None
+    image: str | None = None
     # train.augment (an AugmentConfig): every training on this dataset augments its training split.
     augment: object = None
 
@@ -126,7 +130,8 @@ def _digits(cfg: DataConfig, seed: int) -> Dataset:
     resized = "" if cfg.image_size is None else f", resized to {cfg.image_size[0]}x{cfg.image_size[1]} (bilinear)"
     copies = ", the gray value copied to 3 channels" if (cfg.channels or 1) == 3 else ""
     return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test, 10, tuple(map(str, range(10))),
-                   f"8x8 gray pixels 0-16 divided by 16 (float32 in [0, 1]){resized}{copies}")
+                   f"8x8 gray pixels 0-16 divided by 16 (float32 in [0, 1]){resized}{copies}",
+                   normalization=(0.0, 16.0), image="rgb" if (cfg.channels or 1) == 3 else "grayscale")
 
 
 def _resize_gray(images: np.ndarray, size) -> np.ndarray:
@@ -223,7 +228,8 @@ def _image_dir(cfg: DataConfig, seed: int) -> Dataset:
     size = "" if cfg.image_size is None else f", resized to {cfg.image_size[0]}x{cfg.image_size[1]}"
     mode = "RGB" if channels == 3 else "gray"
     return Dataset(root.name, x_train, y_train, x_val, y_val, x_test, y_test, len(classes), classes,
-                   f"{mode} image files{size}, 8-bit pixels divided by 255 (float32 in [0, 1])")
+                   f"{mode} image files{size}, 8-bit pixels divided by 255 (float32 in [0, 1])",
+                   normalization=(0.0, 255.0), image="rgb" if channels == 3 else "grayscale")
 
 
 def _class_names(folder: Path) -> tuple[str, ...]:
