@@ -78,3 +78,39 @@ def test_device_info_names_the_cpu_or_board_from_recorded_cpuinfo(recorded, expe
 
     text = (Path(__file__).parent / "data" / "cpuinfo" / recorded).read_text()
     assert agent.cpu_name(text) == expected
+
+
+def _as_compiled_for_edgetpu(content: bytes) -> bytes:
+    """``content`` with its first operator turned into the custom op edgetpu_compiler writes."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    code = model.operatorCodes[0]
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = "edgetpu-custom-op"
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_a_file_compiled_for_the_edgetpu_asks_for_its_runtime_by_name(tmp_path, converted):
+    """Up to the accelerator: the agent loads the Edge TPU delegate for such a file and says what is missing."""
+    from edgecomp.devices import agent
+
+    content = _as_compiled_for_edgetpu(converted("int8"))
+    assert agent.compiled_for_edgetpu(content) and not agent.compiled_for_edgetpu(converted("int8"))
+    path = tmp_path / "model_edgetpu.tflite"
+    path.write_bytes(content)
+    with pytest.raises(DeviceError, match=r"compiled for the Edge TPU .*libedgetpu\.so\.1 could not be loaded.*"
+                                          r"libedgetpu1-std"):
+        LocalDevice().benchmark(path, runs=2, warmup=0)
+
+
+def test_the_edgetpu_library_can_be_named_and_a_library_that_is_no_delegate_is_refused(tmp_path, converted, capsys):
+    from edgecomp.devices import agent
+
+    path = tmp_path / "model_edgetpu.tflite"
+    path.write_bytes(_as_compiled_for_edgetpu(converted("int8")))
+    assert agent.main(["--model", str(path), "--runs", "1", "--edgetpu-library", "libm.so.6"]) == agent.EXIT_BAD_MODEL
+    assert "libm.so.6 could not be loaded" in capsys.readouterr().err

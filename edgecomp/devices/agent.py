@@ -8,7 +8,12 @@ this file next to the model and run it with the device's ``python3``.
 
 Usage:
     python3 agent.py --model model.tflite [--runs 100] [--warmup 10] [--threads 1]
-                     [--no-xnnpack] [--inputs samples.npy]
+                     [--no-xnnpack] [--inputs samples.npy] [--edgetpu-library PATH]
+
+A file compiled for the Edge TPU (it holds ``edgetpu-custom-op``) runs with the Edge
+TPU delegate, loaded from the Edge TPU runtime library (``libedgetpu.so.1`` on Linux,
+``libedgetpu.1.dylib`` on macOS, ``edgetpu.dll`` on Windows; ``--edgetpu-library``
+names another); without it the agent exits 4 and says how to install it.
 
 Output: a JSON object on the last line of stdout with latency statistics in ms,
 init and first-inference time, peak RSS, the delegate the runtime reported, the
@@ -19,6 +24,7 @@ runtime cannot load the model.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -32,6 +38,45 @@ import numpy as np
 EXIT_NO_RUNTIME = 3
 EXIT_BAD_MODEL = 4
 MAX_CHECKED = 16   # samples of --inputs whose outputs are returned for the host to compare
+EDGETPU_OP = b"edgetpu-custom-op"   # the custom op edgetpu_compiler puts in place of the ops it mapped
+EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+def compiled_for_edgetpu(content):
+    """Whether ``content`` holds the Edge TPU compiler's custom op (its name is stored as a string in the file)."""
+    return EDGETPU_OP in content
+
+
+def load_edgetpu_delegate(module, library=None):
+    """The Edge TPU delegate of ``module`` (the runtime), from ``library`` or the platform's runtime library.
+
+    Raises:
+        RuntimeError: the runtime has no ``load_delegate`` or the library cannot be loaded; the
+            message names the library and how to install it.
+    """
+    library = library or EDGETPU_LIBRARIES.get(platform.system(), "libedgetpu.so.1")
+    load = getattr(module, "load_delegate", None) or getattr(getattr(module, "experimental", None),
+                                                             "load_delegate", None)
+    if load is None:
+        raise RuntimeError("this file was compiled for the Edge TPU (edgetpu-custom-op) and this runtime cannot "
+                           "load delegates: pip install ai-edge-litert or tflite-runtime")
+    # Checked with ctypes first: the runtimes' load_delegate fails on a missing library or symbol with an
+    # unrelated AttributeError and a traceback from its destructor.
+    try:
+        found = hasattr(ctypes.CDLL(library), "tflite_plugin_create_delegate")
+        problem = None if found else "it is not a TFLite delegate: no tflite_plugin_create_delegate"
+    except OSError as error:
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if problem is None:
+        try:
+            return load(library)
+        except Exception as error:  # noqa: BLE001 - the runtimes raise ValueError, RuntimeError or AttributeError
+            problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise RuntimeError(
+        f"this file was compiled for the Edge TPU (edgetpu-custom-op) and needs the Edge TPU runtime, but "
+        f"{library} could not be loaded ({problem}): install libedgetpu1-std from Coral's package repository "
+        "(https://coral.ai/software/#debian-packages), attach the accelerator, or benchmark the file from before "
+        "edgetpu_compiler")
 
 
 def _load_runtime():
@@ -148,9 +193,11 @@ class _CaptureStderr:
         return False
 
 
-def _make_interpreter(module, content, threads, xnnpack):
+def _make_interpreter(module, content, threads, xnnpack, edgetpu_library=None):
     kwargs = {"model_content": content, "num_threads": threads}
-    if not xnnpack:
+    if compiled_for_edgetpu(content):
+        kwargs["experimental_delegates"] = [load_edgetpu_delegate(module, edgetpu_library)]
+    elif not xnnpack:
         resolver = getattr(module, "OpResolverType", None) or getattr(
             getattr(module, "experimental", None), "OpResolverType", None
         )
@@ -240,7 +287,7 @@ def outputs_for(interpreter, samples, count=MAX_CHECKED):
     return {"dtype": np.dtype(output["dtype"]).name, "scale": float(scale), "zero_point": int(zero), "values": values}
 
 
-def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=0):
+def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=0, edgetpu_library=None):
     """Benchmarks ``model_path``; returns the result dict (see module docstring)."""
     module, runtime_name, runtime_version = _load_runtime()
     if module is None:
@@ -250,7 +297,7 @@ def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=
     rss_before = _status_mb("VmRSS")
     with _CaptureStderr() as captured:
         start = time.perf_counter()
-        interpreter = _make_interpreter(module, content, threads, xnnpack)
+        interpreter = _make_interpreter(module, content, threads, xnnpack, edgetpu_library)
         init_ms = (time.perf_counter() - start) * 1e3
     log = captured.text
     details, batches = _inputs(interpreter, inputs_path, np.random.default_rng(seed))
@@ -262,7 +309,7 @@ def run(model_path, runs, warmup, threads, xnnpack=True, inputs_path=None, seed=
     for _ in range(warmup):
         interpreter.invoke()
     latencies_ms = [value * 1e3 for value in time_invokes(interpreter.invoke, runs)]
-    delegate = "XNNPACK" if "XNNPACK delegate" in log else "none"
+    delegate = "EdgeTPU" if compiled_for_edgetpu(content) else "XNNPACK" if "XNNPACK delegate" in log else "none"
     outputs = outputs_for(interpreter, np.load(inputs_path, allow_pickle=False)) if inputs_path else None
     return {
         "outputs": outputs,
@@ -289,9 +336,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-xnnpack", action="store_true")
     parser.add_argument("--inputs", default=None, help=".npy samples to feed (first input)")
+    parser.add_argument("--edgetpu-library", default=None,
+                        help="the Edge TPU runtime library for files compiled for the Edge TPU "
+                             "(default: the platform's, e.g. libedgetpu.so.1)")
     args = parser.parse_args(argv)
     try:
-        result = run(args.model, args.runs, args.warmup, args.threads, not args.no_xnnpack, args.inputs)
+        result = run(args.model, args.runs, args.warmup, args.threads, not args.no_xnnpack, args.inputs,
+                     edgetpu_library=args.edgetpu_library)
     except SystemExit as stop:
         if stop.code == EXIT_NO_RUNTIME:
             print("no TFLite runtime: pip install ai-edge-litert (64-bit) or tflite-runtime 'numpy<2' (armv7)", file=sys.stderr)
