@@ -1,4 +1,4 @@
-"""What every config section shares: the names of stages, targets and zoo models, the bounds of numbers, the strict base.
+"""What every config section shares: stage, target and zoo names, the bounds of numbers, the strict base model.
 
 The names are listed here so that a bad stage, target or zoo name is reported
 without importing TensorFlow. ``_Strict`` is the base of every section: unknown
