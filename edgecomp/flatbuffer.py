@@ -142,41 +142,53 @@ def check(content: bytes, where: str = "model") -> dict:
         file.fail(f"schema version {version}, expected {SCHEMA_VERSION}",
                   "the file is corrupt or written for another schema; convert the model again")
     opcodes = model.tables(MODEL_OPERATOR_CODES, "operator code")
-    buffers = model.tables(MODEL_BUFFERS, "buffer")
-    for index, buffer in enumerate(buffers):
-        buffer.vector(BUFFER_DATA, "<B", f"buffer {index}'s data")
-        offset, size = buffer.scalar(BUFFER_OFFSET, "<Q"), buffer.scalar(BUFFER_SIZE, "<Q")
-        if offset > 1 and offset + size > len(content):
-            file.fail(f"buffer {index} points at bytes {offset}..{offset + size}, beyond the file's {len(content)}")
+    buffers = _check_buffers(file, model)
     subgraphs = model.tables(MODEL_SUBGRAPHS, "subgraph")
     if not subgraphs:
         file.fail("it has no subgraph")
     counts = {"subgraphs": len(subgraphs), "tensors": 0, "operators": 0, "buffers": len(buffers)}
     for number, subgraph in enumerate(subgraphs):
-        tensors = subgraph.tables(SUBGRAPH_TENSORS, f"subgraph {number} tensor")
-        for index, tensor in enumerate(tensors):
-            tensor.vector(TENSOR_SHAPE, "<i", f"the shape of tensor {index}")
-            buffer = tensor.scalar(TENSOR_BUFFER, "<I")
-            if buffer >= max(len(buffers), 1):
-                file.fail(f"tensor {index} of subgraph {number} uses buffer {buffer}; there are {len(buffers)}")
-        for field, name in ((SUBGRAPH_INPUTS, "inputs"), (SUBGRAPH_OUTPUTS, "outputs")):
-            indices = subgraph.vector(field, "<i", f"the {name} of subgraph {number}")
-            _check_indices(file, indices, len(tensors), f"the {name} of subgraph {number}", allow_absent=False)
-            if number == 0 and not indices:
-                file.fail(f"its main subgraph has no {name}", "edgecomp runs models with at least one input and output")
-        operators = subgraph.tables(SUBGRAPH_OPERATORS, f"subgraph {number} operator")
-        for index, operator in enumerate(operators):
-            opcode = operator.scalar(OPERATOR_OPCODE_INDEX, "<I")
-            if opcode >= len(opcodes):
-                file.fail(f"operator {index} of subgraph {number} uses operator code {opcode}; "
-                          f"there are {len(opcodes)}")
-            for field, name in ((OPERATOR_INPUTS, "inputs"), (OPERATOR_OUTPUTS, "outputs")):
-                indices = operator.vector(field, "<i", f"the {name} of operator {index}")
-                _check_indices(file, indices, len(tensors), f"the {name} of operator {index} of subgraph {number}",
-                               allow_absent=True)
-        counts["tensors"] += len(tensors)
-        counts["operators"] += len(operators)
+        tensors, operators = _check_subgraph(file, subgraph, number, len(buffers), len(opcodes))
+        counts["tensors"] += tensors
+        counts["operators"] += operators
     return counts
+
+
+def _check_buffers(file: _File, model: _Table) -> list[_Table]:
+    """The model's buffers, each checked: its data vector, and data stored after the flatbuffer inside the file."""
+    buffers = model.tables(MODEL_BUFFERS, "buffer")
+    for index, buffer in enumerate(buffers):
+        buffer.vector(BUFFER_DATA, "<B", f"buffer {index}'s data")
+        offset, size = buffer.scalar(BUFFER_OFFSET, "<Q"), buffer.scalar(BUFFER_SIZE, "<Q")
+        if offset > 1 and offset + size > file.size:
+            file.fail(f"buffer {index} points at bytes {offset}..{offset + size}, beyond the file's {file.size}")
+    return buffers
+
+
+def _check_subgraph(file: _File, subgraph: _Table, number: int, buffers: int, opcodes: int) -> tuple[int, int]:
+    """Checks subgraph ``number``'s tensors, inputs, outputs and operators; returns ``(tensors, operators)``."""
+    tensors = subgraph.tables(SUBGRAPH_TENSORS, f"subgraph {number} tensor")
+    for index, tensor in enumerate(tensors):
+        tensor.vector(TENSOR_SHAPE, "<i", f"the shape of tensor {index}")
+        buffer = tensor.scalar(TENSOR_BUFFER, "<I")
+        if buffer >= max(buffers, 1):
+            file.fail(f"tensor {index} of subgraph {number} uses buffer {buffer}; there are {buffers}")
+    for field, name in ((SUBGRAPH_INPUTS, "inputs"), (SUBGRAPH_OUTPUTS, "outputs")):
+        indices = subgraph.vector(field, "<i", f"the {name} of subgraph {number}")
+        _check_indices(file, indices, len(tensors), f"the {name} of subgraph {number}", allow_absent=False)
+        if number == 0 and not indices:
+            file.fail(f"its main subgraph has no {name}", "edgecomp runs models with at least one input and output")
+    operators = subgraph.tables(SUBGRAPH_OPERATORS, f"subgraph {number} operator")
+    for index, operator in enumerate(operators):
+        opcode = operator.scalar(OPERATOR_OPCODE_INDEX, "<I")
+        if opcode >= opcodes:
+            file.fail(f"operator {index} of subgraph {number} uses operator code {opcode}; "
+                      f"there are {opcodes}")
+        for field, name in ((OPERATOR_INPUTS, "inputs"), (OPERATOR_OUTPUTS, "outputs")):
+            indices = operator.vector(field, "<i", f"the {name} of operator {index}")
+            _check_indices(file, indices, len(tensors), f"the {name} of operator {index} of subgraph {number}",
+                           allow_absent=True)
+    return len(tensors), len(operators)
 
 
 def _check_indices(file: _File, indices, tensors: int, what: str, allow_absent: bool) -> None:

@@ -241,31 +241,43 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
                 tensors[(name, node_index, 0)] = _operation(class_name, name, node, tensors)
             continue
         layer = built.setdefault(name, _layer(class_name, config, name))
-        for node_index, node in enumerate(entry["inbound_nodes"]):
-            refs = _references(node.get("args", []))
-            if _references(node.get("kwargs", {})):
-                raise ModelError(f"Keras 3 model: layer '{name}' ({class_name}) takes tensors as keyword "
-                                 "arguments, which the bridge does not rebuild")
-            missing = [ref[0] for ref in refs if ref not in tensors]
-            if missing:
-                raise ModelError(f"Keras 3 model: layer '{name}' is called on '{missing[0]}' before that is built "
-                                 "(a layer shared across the graph); the bridge rebuilds layers called in order")
-            inputs = [tensors[ref] for ref in refs]
-            args = node.get("args", [])
-            # A merge takes one list; Keras 3's tensor operators (x * y) record two positional tensors.
-            as_list = (len(args) == 1 and isinstance(args[0], (list, tuple))) or \
-                (len(inputs) > 1 and isinstance(layer, keras.layers.Layer) and hasattr(layer, "_merge_function"))
-            # Keras 3 records the symbolic call's ``training`` (RandomFlip: True); pinning it would flip at inference.
-            kwargs = {key: value for key, value in node.get("kwargs", {}).items()
-                      if value is not None and key != "training"}
-            outputs = layer(inputs if as_list else inputs[0], **kwargs) if len(inputs) == 1 or as_list \
-                else layer(*inputs, **kwargs)
-            for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
-                tensors[(name, node_index, index)] = tensor
+        _call_layer(layer, name, class_name, entry["inbound_nodes"], tensors)
     inputs = [tensors[ref] for ref in _output_refs(graph["input_layers"])]
     outputs = [tensors[ref] for ref in _output_refs(graph["output_layers"])]
     rebuilt = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
                           name=graph["name"])
+    _copy_weights(model, built)
+    difference = _checked_difference(model, rebuilt, samples)
+    return rebuilt, {"layers": len(built), "max_difference": difference}
+
+
+def _call_layer(layer, name: str, class_name: str, inbound_nodes: list, tensors: dict) -> None:
+    """Calls the rebuilt ``layer`` once per node Keras 3 recorded for it; adds its outputs to ``tensors``."""
+    for node_index, node in enumerate(inbound_nodes):
+        refs = _references(node.get("args", []))
+        if _references(node.get("kwargs", {})):
+            raise ModelError(f"Keras 3 model: layer '{name}' ({class_name}) takes tensors as keyword "
+                             "arguments, which the bridge does not rebuild")
+        missing = [ref[0] for ref in refs if ref not in tensors]
+        if missing:
+            raise ModelError(f"Keras 3 model: layer '{name}' is called on '{missing[0]}' before that is built "
+                             "(a layer shared across the graph); the bridge rebuilds layers called in order")
+        inputs = [tensors[ref] for ref in refs]
+        args = node.get("args", [])
+        # A merge takes one list; Keras 3's tensor operators (x * y) record two positional tensors.
+        as_list = (len(args) == 1 and isinstance(args[0], (list, tuple))) or \
+            (len(inputs) > 1 and isinstance(layer, keras.layers.Layer) and hasattr(layer, "_merge_function"))
+        # Keras 3 records the symbolic call's ``training`` (RandomFlip: True); pinning it would flip at inference.
+        kwargs = {key: value for key, value in node.get("kwargs", {}).items()
+                  if value is not None and key != "training"}
+        outputs = layer(inputs if as_list else inputs[0], **kwargs) if len(inputs) == 1 or as_list \
+            else layer(*inputs, **kwargs)
+        for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            tensors[(name, node_index, index)] = tensor
+
+
+def _copy_weights(model, built: dict) -> None:
+    """Copies each Keras 3 layer's weights into its tf_keras rebuild; refuses weights of another shape."""
     for name, layer in built.items():
         if isinstance(layer, _HardActivation):
             continue
@@ -275,6 +287,10 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
             raise ModelError(f"Keras 3 model: layer '{name}' has weights {[w.shape for w in source]} in Keras 3 "
                              f"but {[w.shape for w in target]} rebuilt in tf_keras")
         layer.set_weights(source)
+
+
+def _checked_difference(model, rebuilt, samples: np.ndarray) -> float:
+    """The rebuild's largest relative output difference on ``samples``; refuses one above ``TOLERANCE``."""
     try:
         difference = _max_difference(model, rebuilt, samples)
     except Exception as error:  # noqa: BLE001 - either model refusing the samples is the model/data mismatch
@@ -283,7 +299,7 @@ def to_tf_keras(model, samples: np.ndarray) -> tuple[object, dict]:
     if not difference <= TOLERANCE:
         raise ModelError(f"Keras 3 model: the tf_keras rebuild's outputs differ from the original's by "
                          f"{difference:.3g} (relative) on real samples, above {TOLERANCE:g}; it is not used")
-    return rebuilt, {"layers": len(built), "max_difference": difference}
+    return difference
 
 
 def _max_difference(original, rebuilt, samples: np.ndarray) -> float:

@@ -77,13 +77,41 @@ def parse(text: str) -> dict:
     summary, output_format = _summary(text)
     if summary is None:
         raise OutputError(_failure(lines))
-    inference_avg = summary["inference"]
     plain, profiler = _statistics(lines)
-    run = _run_line(plain, inference_avg)
-    warmup = None
-    if run is not None and plain.index(run) > 0:
-        warmup = plain[plain.index(run) - 1]
+    run = _run_line(plain, summary["inference"])
     not_available: dict[str, str] = {}
+    latency, source, stats = _latency(summary["inference"], run, profiler, not_available)
+    first_ms = _first_ms(summary, plain, run, not_available)
+    memory, peak = _memory(text)
+    if memory is None:
+        not_available["memory_delta_mb"] = "no memory footprint line in the output"
+    if peak is None:
+        not_available["peak_rss_mb"] = ("benchmark_model reports how much the peak RSS grew since the tool "
+                                        "started (memory_delta_mb), not the peak itself")
+    delegate, detail = _delegate(text)
+    return {
+        "format": output_format,
+        "count": int(stats["count"]) if stats is not None and "count" in stats else None,
+        "latency_ms": latency,
+        "latency_source": source,
+        "init_ms": summary["init"] / 1e3,
+        "first_ms": None if first_ms is None else first_ms / 1e3,
+        "warmup_mean_ms": summary["warmup"] / 1e3,
+        "memory_delta_mb": memory,
+        "peak_memory_mb": peak,
+        "delegate": delegate,
+        "delegate_detail": detail,
+        "not_available": not_available,
+    }
+
+
+def _latency(inference_avg: float, run: Optional[dict], profiler: list[dict],
+             not_available: dict[str, str]) -> tuple[dict, str, Optional[dict]]:
+    """``(latency_ms, latency_source, statistics used)``: the mean from the summary, the rest from statistics.
+
+    The statistics are the run line's, else the op profiler's per-run totals, else
+    none; each figure missing is named in ``not_available``.
+    """
     latency = dict.fromkeys(LATENCY_KEYS)
     latency["mean"] = inference_avg / 1e3
     source = "run statistics line"
@@ -106,32 +134,21 @@ def parse(text: str) -> dict:
     not_available["latency_ms.p90"] = NOT_PRINTED
     not_available["latency_ms.p99"] = NOT_PRINTED
     not_available["latency_samples_ms"] = "benchmark_model prints statistics, not each run"
+    return latency, source, stats
+
+
+def _first_ms(summary: dict, plain: list[dict], run: Optional[dict],
+              not_available: dict[str, str]) -> Optional[float]:
+    """The first inference in us: the newer summary's, else the warmup statistics line's (before the run line)."""
+    warmup = None
+    if run is not None and plain.index(run) > 0:
+        warmup = plain[plain.index(run) - 1]
     first_ms = summary.get("first")
     if first_ms is None and warmup is not None:
         first_ms = warmup.get("first", warmup.get("curr") if warmup.get("count") == 1 else None)
     if first_ms is None:
         not_available["first_ms"] = "the older output format has no first-inference figure"
-    memory, peak = _memory(text)
-    if memory is None:
-        not_available["memory_delta_mb"] = "no memory footprint line in the output"
-    if peak is None:
-        not_available["peak_rss_mb"] = ("benchmark_model reports how much the peak RSS grew since the tool "
-                                        "started (memory_delta_mb), not the peak itself")
-    delegate, detail = _delegate(text)
-    return {
-        "format": output_format,
-        "count": int(stats["count"]) if stats is not None and "count" in stats else None,
-        "latency_ms": latency,
-        "latency_source": source,
-        "init_ms": summary["init"] / 1e3,
-        "first_ms": None if first_ms is None else first_ms / 1e3,
-        "warmup_mean_ms": summary["warmup"] / 1e3,
-        "memory_delta_mb": memory,
-        "peak_memory_mb": peak,
-        "delegate": delegate,
-        "delegate_detail": detail,
-        "not_available": not_available,
-    }
+    return first_ms
 
 
 def _summary(text: str) -> tuple[Optional[dict], str]:

@@ -4,6 +4,12 @@ The pipeline hands every stage a deep copy (tfmot wraps layer objects in place)
 and keeps the stage's returned model; each stage records what it did and what it
 skipped. ``config.STAGE_NAMES`` lists the keys ``apply`` accepts (the config's
 schema admits no other, without importing TensorFlow).
+
+One module per stage: ``distill.py``, ``low_rank.py``, ``prune.py`` (``structure:
+filters`` in ``filters.py``, with ``filter_plan.py`` and ``filter_sensitivity.py``),
+``cluster.py`` and ``quantize.py`` (with ``prepare.py``, ``quantize_ranges.py`` and
+``quantize_keep.py``). ``common.py`` holds what they share; ``batchnorm.py`` folds
+BatchNormalization for ``cluster: {fold_batchnorm: true}``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from pathlib import Path
 
 from edgecomp.config import STAGE_NAMES, Config
 from edgecomp.data import Dataset
-
 
 
 def apply(kind: str, model, params, context: "StageContext"):

@@ -237,16 +237,7 @@ def apply(model, params: DistillConfig, context):
 
     alone = None
     if params.baseline_student:
-        alone = keras.models.clone_model(student)
-        alone.set_weights(initial_weights)
-        keras.utils.set_random_seed(seed)
-        log.info("distill: training the student alone for %d epochs (baseline_student)", params.epochs)
-        training.fit(alone, dataset, epochs=params.epochs, learning_rate=params.learning_rate,
-                     batch_size=context.config.data.batch_size, log_dir=context.log_dir / "student_alone",
-                     patience=0)
-        accuracy = training.accuracy(alone, dataset.x_test, dataset.y_test)
-        details["student_alone"] = {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset),
-                                    "validation_accuracy": common.validation_accuracy(alone, context)}
+        alone, details["student_alone"] = _train_alone(student, initial_weights, params, context, seed)
 
     keras.utils.set_random_seed(seed)
     features = [(match.teacher, match.student, match.weight) for match in params.features]
@@ -271,6 +262,21 @@ def apply(model, params: DistillConfig, context):
     log.info("distill: accuracy teacher %.4f, distilled student %.4f%s", teacher_details["accuracy"], accuracy,
              f", student alone {details['student_alone']['accuracy']:.4f}" if alone is not None else "")
     return student, record
+
+
+def _train_alone(student, initial_weights: list, params: DistillConfig, context, seed: int) -> tuple[object, dict]:
+    """``baseline_student``: the student trained alone from the same weights, seed and epochs; and its scores."""
+    dataset = context.dataset
+    alone = keras.models.clone_model(student)
+    alone.set_weights(initial_weights)
+    keras.utils.set_random_seed(seed)
+    log.info("distill: training the student alone for %d epochs (baseline_student)", params.epochs)
+    training.fit(alone, dataset, epochs=params.epochs, learning_rate=params.learning_rate,
+                 batch_size=context.config.data.batch_size, log_dir=context.log_dir / "student_alone",
+                 patience=0)
+    accuracy = training.accuracy(alone, dataset.x_test, dataset.y_test)
+    return alone, {"accuracy": accuracy, "test_errors": _errors(accuracy, dataset),
+                   "validation_accuracy": common.validation_accuracy(alone, context)}
 
 
 def _keep_the_better(details: dict) -> dict:

@@ -230,35 +230,26 @@ def plan(model) -> FilterPlan:
     output_groups: dict[str, int] = {}
     not_handled: list[dict] = []
 
-    def frozen_layout(layer, reason: str, node_index: int = 0) -> tuple[int, ...]:
-        shape = layer.get_output_shape_at(node_index) if len(layer.inbound_nodes) > 1 else layer.output_shape
-        return (groups.new(_channels(shape), frozen=reason),)
-
-    def freeze_all(layouts_in, reason: str) -> None:
-        for layout in layouts_in:
-            for group in layout:
-                groups.freeze(group, reason)
-
     for entry in config["layers"]:
         name = entry["config"]["name"]
         layer = model.get_layer(name)
         nodes = entry.get("inbound_nodes") or []
         if not nodes:                                              # an InputLayer
             kinds[name] = "input"
-            layouts[(name, 0, 0)] = frozen_layout(layer, MODEL_INPUT)
+            layouts[(name, 0, 0)] = _frozen_layout(groups, layer, MODEL_INPUT)
             continue
         kind, reason = ("opaque", SHARED_LAYER) if len(nodes) > 1 else _classify(layer)
         node_inputs = []
         for node_index, node in enumerate(nodes):
             refs = _node_refs(node)
-            inputs = [layouts[ref] if ref in layouts else frozen_layout(model.get_layer(ref[0]), MODEL_INPUT)
-                      for ref in refs]
+            inputs = [layouts[ref] if ref in layouts
+                      else _frozen_layout(groups, model.get_layer(ref[0]), MODEL_INPUT) for ref in refs]
             node_inputs.append(inputs)
             if kind == "opaque":
                 message = reason if reason in (SHARED_LAYER, common.NESTED_MODEL) else \
                     CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__)
-                freeze_all(inputs, message)
-                layouts[(name, node_index, 0)] = frozen_layout(layer, message, node_index)
+                _freeze_all(groups, inputs, message)
+                layouts[(name, node_index, 0)] = _frozen_layout(groups, layer, message, node_index)
         kinds[name] = kind
         if kind == "opaque":
             if common.kernel_weights(layer) or isinstance(layer, keras.Model):
@@ -266,39 +257,63 @@ def plan(model) -> FilterPlan:
             continue
         inputs = node_inputs[0]
         input_layouts[name] = inputs
-        if kind == "producer":
-            in_size = sum(groups.size[g] for g in inputs[0])
-            parts = getattr(layer, "groups", 1)
-            if parts > 1:
-                freeze_all(inputs, GROUPED_INPUT.format(layer=name))
-            elif in_size != layer.kernel.shape[-2]:
-                freeze_all(inputs, CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__))
-            group = groups.new(layer.kernel.shape[-1], producer=name, parts=parts)
-            if layer.get_config().get("activation") in CHANNEL_ACTIVATIONS:
-                groups.freeze(group, SOFTMAX_OVER_CHANNELS)
-            output_groups[name] = group
-            layouts[(name, 0, 0)] = (group,)
-        elif kind in ("depthwise", "batch_norm", "channelwise", "pass"):
-            layouts[(name, 0, 0)] = inputs[0]
-        elif kind == "merge":
-            first = inputs[0]
-            sizes = [tuple(groups.size[g] for g in layout) for layout in inputs]
-            if len(set(sizes)) == 1:
-                for layout in inputs[1:]:
-                    for a, b in zip(first, layout):
-                        groups.union(a, b)
-                layouts[(name, 0, 0)] = first
-            else:
-                freeze_all(inputs, MERGE_MISMATCH)
-                layouts[(name, 0, 0)] = frozen_layout(layer, MERGE_MISMATCH)
-        elif kind == "concat":
-            layouts[(name, 0, 0)] = tuple(g for layout in inputs for g in layout)
-        elif kind == "flatten":
-            repeat = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
-            layouts[(name, 0, 0)] = inputs[0] * repeat
+        layout = _output_layout(groups, name, layer, kind, inputs, output_groups)
+        if layout is not None:
+            layouts[(name, 0, 0)] = layout
 
     for output in config["output_layers"]:
         ref = (output[0], output[1], output[2])
         for group in layouts.get(ref, ()):
             groups.freeze(group, OUTPUT_LAYER)
     return FilterPlan(groups, input_layouts, kinds, output_groups, not_handled)
+
+
+def _frozen_layout(groups: _Groups, layer, reason: str, node_index: int = 0) -> tuple[int, ...]:
+    """A new frozen group for ``layer``'s output channels (at node ``node_index``)."""
+    shape = layer.get_output_shape_at(node_index) if len(layer.inbound_nodes) > 1 else layer.output_shape
+    return (groups.new(_channels(shape), frozen=reason),)
+
+
+def _freeze_all(groups: _Groups, layouts_in, reason: str) -> None:
+    for layout in layouts_in:
+        for group in layout:
+            groups.freeze(group, reason)
+
+
+def _output_layout(groups: _Groups, name: str, layer, kind: str, inputs: list,
+                   output_groups: dict[str, int]) -> Optional[tuple[int, ...]]:
+    """The channel groups of the output of layer ``name`` of ``kind`` (not opaque) called on ``inputs``.
+
+    A producer gets a new group (recorded in ``output_groups``); a merge couples its
+    inputs' groups, or freezes them when their channels do not line up.
+    """
+    if kind == "producer":
+        in_size = sum(groups.size[g] for g in inputs[0])
+        parts = getattr(layer, "groups", 1)
+        if parts > 1:
+            _freeze_all(groups, inputs, GROUPED_INPUT.format(layer=name))
+        elif in_size != layer.kernel.shape[-2]:
+            _freeze_all(groups, inputs, CANNOT_REWIRE.format(layer=name, kind=type(layer).__name__))
+        group = groups.new(layer.kernel.shape[-1], producer=name, parts=parts)
+        if layer.get_config().get("activation") in CHANNEL_ACTIVATIONS:
+            groups.freeze(group, SOFTMAX_OVER_CHANNELS)
+        output_groups[name] = group
+        return (group,)
+    if kind in ("depthwise", "batch_norm", "channelwise", "pass"):
+        return inputs[0]
+    if kind == "merge":
+        first = inputs[0]
+        sizes = [tuple(groups.size[g] for g in layout) for layout in inputs]
+        if len(set(sizes)) == 1:
+            for layout in inputs[1:]:
+                for a, b in zip(first, layout):
+                    groups.union(a, b)
+            return first
+        _freeze_all(groups, inputs, MERGE_MISMATCH)
+        return _frozen_layout(groups, layer, MERGE_MISMATCH)
+    if kind == "concat":
+        return tuple(g for layout in inputs for g in layout)
+    if kind == "flatten":
+        repeat = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
+        return inputs[0] * repeat
+    return None

@@ -376,49 +376,11 @@ def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
         report["left"] = [{"layer": layer.name, "reason": config} for layer in candidates]
         return model, report
     by_name = {layer.name: layer for layer in model.layers}
-    rewritten, layers, weight_mappers = [], [], {}
-    for entry in config["layers"]:
-        kind = entry.get("class_name")
-        name = entry.get("config", {}).get("name", entry.get("name"))
-        if kind == "TFOpLambda":
-            result = _replacement(entry)
-            if isinstance(result, str):
-                report["left"].append({"layer": name, "reason": result})
-                layers.append(entry)
-                continue
-            new_entry, node = result
-            layers.append({**new_entry, "inbound_nodes": [node]})
-            rewritten.append({"layer": name, "from": f"TFOpLambda({entry['config'].get('function')})",
-                              "to": _describe(new_entry)})
-        elif kind in LAYER_REWRITES and type(by_name.get(name)).__name__ == kind:
-            result = LAYER_REWRITES[kind](entry, by_name[name]) if len(entry.get("inbound_nodes", [])) == 1 \
-                else f"{kind} called {len(entry.get('inbound_nodes', []))} times (a shared layer)"
-            if isinstance(result, str):
-                report["left"].append({"layer": name, "reason": result})
-                layers.append(entry)
-                continue
-            entries, output_name, mappers = result
-            layers += entries
-            weight_mappers.update({target: (name, mapper) for target, mapper in mappers.items()})
-            if output_name != name:   # later layers and the outputs read the rewrite's last tensor
-                config["output_layers"] = _renamed_references(config["output_layers"], name, output_name)
-                pending = config["layers"][config["layers"].index(entry) + 1:]
-                for later in pending:
-                    later["inbound_nodes"] = _renamed_references(later["inbound_nodes"], name, output_name)
-            rewritten.append({"layer": name, "from": kind, "to": _describe_layers(entries)})
-        else:
-            layers.append(entry)
-    config["layers"] = layers
+    rewritten, weight_mappers = _rewrite_layers(config, by_name, report["left"])
     if not rewritten:
         return model, report
     try:
-        prepared = keras.Model.from_config(config, custom_objects=QAT_OBJECTS)
-        for layer in prepared.layers:
-            if layer.name in weight_mappers:
-                source, mapper = weight_mappers[layer.name]
-                layer.set_weights(mapper(layer.name, by_name[source].get_weights()))
-            elif layer.weights:
-                layer.set_weights(by_name[layer.name].get_weights())
+        prepared = _rebuilt(config, by_name, weight_mappers)
     except Exception as error:  # noqa: BLE001 - any failure keeps the original
         reason = f"the rewritten model could not be built ({type(error).__name__}: {str(error)[:200]})"
         report["left"] += [{"layer": item["layer"], "reason": reason} for item in rewritten]
@@ -433,6 +395,60 @@ def prepare_for_qat(model, samples: np.ndarray) -> tuple[object, dict]:
     log.info("prepare: rewrote %d layer(s) into Keras layers tfmot can wrap; outputs identical within %.1g",
              len(rewritten), difference)
     return prepared, report
+
+
+def _rewrite_layers(config: dict, by_name: dict, left: list) -> tuple[list, dict]:
+    """Rewrites ``config``'s layers in place; returns ``(rewritten [{"layer", "from", "to"}], weight mappers)``.
+
+    A layer that cannot be rewritten stays as it is, with why in ``left``; a rewrite
+    whose last tensor has another name is wired to the later layers and the outputs.
+    """
+    rewritten, layers, weight_mappers = [], [], {}
+    for entry in config["layers"]:
+        kind = entry.get("class_name")
+        name = entry.get("config", {}).get("name", entry.get("name"))
+        if kind == "TFOpLambda":
+            result = _replacement(entry)
+            if isinstance(result, str):
+                left.append({"layer": name, "reason": result})
+                layers.append(entry)
+                continue
+            new_entry, node = result
+            layers.append({**new_entry, "inbound_nodes": [node]})
+            rewritten.append({"layer": name, "from": f"TFOpLambda({entry['config'].get('function')})",
+                              "to": _describe(new_entry)})
+        elif kind in LAYER_REWRITES and type(by_name.get(name)).__name__ == kind:
+            result = LAYER_REWRITES[kind](entry, by_name[name]) if len(entry.get("inbound_nodes", [])) == 1 \
+                else f"{kind} called {len(entry.get('inbound_nodes', []))} times (a shared layer)"
+            if isinstance(result, str):
+                left.append({"layer": name, "reason": result})
+                layers.append(entry)
+                continue
+            entries, output_name, mappers = result
+            layers += entries
+            weight_mappers.update({target: (name, mapper) for target, mapper in mappers.items()})
+            if output_name != name:   # later layers and the outputs read the rewrite's last tensor
+                config["output_layers"] = _renamed_references(config["output_layers"], name, output_name)
+                pending = config["layers"][config["layers"].index(entry) + 1:]
+                for later in pending:
+                    later["inbound_nodes"] = _renamed_references(later["inbound_nodes"], name, output_name)
+            rewritten.append({"layer": name, "from": kind, "to": _describe_layers(entries)})
+        else:
+            layers.append(entry)
+    config["layers"] = layers
+    return rewritten, weight_mappers
+
+
+def _rebuilt(config: dict, by_name: dict, weight_mappers: dict):
+    """The model of the rewritten ``config``, with the original layers' weights (mapped for rewritten ones)."""
+    prepared = keras.Model.from_config(config, custom_objects=QAT_OBJECTS)
+    for layer in prepared.layers:
+        if layer.name in weight_mappers:
+            source, mapper = weight_mappers[layer.name]
+            layer.set_weights(mapper(layer.name, by_name[source].get_weights()))
+        elif layer.weights:
+            layer.set_weights(by_name[layer.name].get_weights())
+    return prepared
 
 
 def _max_difference(original, prepared, samples: np.ndarray) -> float:

@@ -21,7 +21,9 @@ cannot be annotated at all and are reported; the int8 verifier then says whether
 the converter still produced an all-integer file.
 
 The returned model keeps its quantize wrappers: the converter reads the learned
-ranges from them.
+ranges from them. Before training, ``quantize_ranges.initialize_ranges`` starts the
+activation ranges at the data's; during it, ``quantize_keep``'s callbacks keep the
+zeros and clusters that tfmot's quantizers do not.
 """
 
 from __future__ import annotations
@@ -45,9 +47,16 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 )
 
 from edgecomp import models, training
-from edgecomp._keras import keras, tf
+from edgecomp._keras import keras
 from edgecomp.config import QuantizeConfig
 from edgecomp.stages import common, distill, prepare
+from edgecomp.stages.quantize_keep import (
+    KeepClusters,
+    KeepZeros,
+    unpreserved_clusters,
+    unpreserved_zeros,
+)
+from edgecomp.stages.quantize_ranges import initialize_ranges
 
 quantize_api = tfmot.quantization.keras
 combine = tfmot.experimental.combine
@@ -295,236 +304,6 @@ def wrap_model(model, previous: tuple[str, ...] = (), weights: str = "per_channe
         annotated = keras.models.clone_model(model, clone_function=annotate)
         quantized = quantize_api.quantize_apply(annotated, _Scheme(scheme))
     return quantized, scheme_name, len(annotated_names), skipped
-
-
-class KeepZeros(keras.callbacks.Callback):
-    """Sets the pruned weights of listed kernels back to zero after every training batch.
-
-    tfmot 0.8's prune-preserving scheme leaves some layer types out (Conv1D is commented
-    out of its registry): their QAT kernels train freely and the zeros are gone (measured
-    on the MNIST-1D CNN: 0.80 → 0.53 zeros). For those kernels edgecomp keeps the zeros
-    itself. The fake-quant ranges follow, as they are computed from the kernel each step.
-
-    Args:
-        masks: ``[(kernel variable, keep mask)]``; ``keep`` is 1 where the weight was not zero.
-    """
-
-    def __init__(self, masks):
-        super().__init__()
-        self.masks = masks
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.restore()
-
-    def restore(self):
-        for variable, keep in self.masks:
-            variable.assign(variable * keep)
-
-
-class KeepClusters(keras.callbacks.Callback):
-    """Moves every weight of listed kernels back to its nearest cluster value after every training batch.
-
-    tfmot 0.8's cluster-preserving scheme leaves the same layer types out (Conv1D,
-    Conv2DTranspose, Conv3D): their kernels train freely during QAT and the clusters
-    are gone (measured on the MNIST-1D CNN: 35 values per channel for 16 clusters).
-    The cluster values themselves stay as the cluster stage left them.
-
-    Args:
-        kernels: ``[(kernel variable, cluster values)]``; zero is one of them for a pruned kernel.
-    """
-
-    def __init__(self, kernels):
-        super().__init__()
-        self.kernels = [(variable, tf.constant(values, dtype=variable.dtype)) for variable, values in kernels]
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.restore()
-
-    def restore(self):
-        for variable, centroids in self.kernels:
-            nearest = tf.argmin(tf.abs(variable[..., None] - centroids), axis=-1)
-            variable.assign(tf.gather(centroids, nearest))
-
-
-def _kernel_weights(layer) -> list:
-    """The kernels of a layer, wrapped or not: ``kernel``, ``depthwise_kernel``, ``pointwise_kernel``..."""
-    return [weight for weight in layer.trainable_weights if "kernel" in weight.name.split("/")[-1]]
-
-
-def _keeps(quantizer, what: str) -> bool:
-    """Whether a tfmot weight quantizer keeps a kernel's ``"zeros"`` or ``"clusters"`` during QAT."""
-    name = type(quantizer).__name__
-    if what == "clusters":
-        return "ClusterPreserve" in name
-    return "PrunePreserve" in name or ("ClusterPreserve" in name and bool(getattr(quantizer, "preserve_sparsity",
-                                                                                   False)))
-
-
-def _not_kept(quantized, what: str) -> list:
-    """``(kernel variable, values)`` of the QAT model's kernels whose tfmot quantizer does not keep ``what``."""
-    found = []
-    for layer in quantized.layers:
-        kept = [weight for weight, quantizer, _ in getattr(layer, "_weight_vars", []) if _keeps(quantizer, what)]
-        found += [(weight, weight.numpy()) for weight in _kernel_weights(layer)
-                  if all(weight is not other for other in kept)]
-    return found
-
-
-def unpreserved_zeros(quantized) -> list:
-    """``[(kernel variable, keep mask)]`` of the pruned kernels no tfmot quantizer keeps sparse.
-
-    Read from the freshly wrapped QAT model, before any training step. tfmot's
-    prune-preserving quantizers cover only the layer types of their registry, and
-    only where a layer keeps its registry config: tfmot's concat transform gives each
-    layer feeding a ``Concatenate`` its plain config, ``SeparableConv2D`` is split
-    into new layers, ``Conv1D`` is left out (measured before: a concat CNN's feeding
-    convs went from 0.80 to 0.33–0.69 zeros, SeparableConv2D pointwise kernels to
-    0.31–0.37). ``KeepZeros`` keeps these.
-    """
-    return [(variable, (values != 0).astype(values.dtype)) for variable, values in _not_kept(quantized, "zeros")
-            if np.mean(values == 0) >= 0.05]   # pruned: a trained kernel has no exact zeros to speak of
-
-
-def unpreserved_clusters(quantized) -> list:
-    """``[(kernel variable, cluster values)]`` of clustered kernels no tfmot cluster-preserving quantizer keeps.
-
-    A kernel counts as clustered when it holds at most 257 distinct values (256
-    clusters and zero) and at least four weights per value. Read from the freshly
-    wrapped QAT model, before any training step.
-    """
-    clusters = []
-    for variable, values in _not_kept(quantized, "clusters"):
-        distinct = np.unique(values)
-        if distinct.size <= 257 and values.size >= 4 * distinct.size:
-            clusters.append((variable, distinct))
-    return clusters
-
-
-EMA_DECAY = 0.999   # tfmot's MovingAverageQuantizer, fixed in its code
-RANGE_INIT = 6.0    # ... and the initial range it starts from, [-6, 6]
-
-
-def _is_range(variable) -> bool:
-    name = variable.name.split(":")[0].split("/")[-1]
-    return name.endswith("_min") or name.endswith("_max")
-
-
-def _range_variables(quantized, initial: float) -> list:
-    """Activation range variables (``*_min``/``*_max``, not weights') still at ``[-initial, initial]``."""
-    found = []
-    for variable in quantized.non_trainable_variables:
-        name = variable.name.split(":")[0].split("/")[-1]
-        if not _is_range(variable) or "kernel" in name or name.startswith("bias"):
-            continue
-        expected = -initial if name.endswith("_min") else initial
-        if np.all(variable.numpy() == expected):
-            found.append(variable)
-    return found
-
-
-def _float_ranges(model, x: np.ndarray, batch_size: int, batches: int, names: set[str]) -> dict:
-    """Layer name → (min, max) of its output in the float ``model``, averaged over ``batches`` batches.
-
-    Reduced inside one graph, so no layer's full output is kept in memory. Probed on
-    a copy: a layer the user's model shares with another graph has more than one output.
-    """
-    model = models.copy(model)
-    probed = [layer for layer in model.layers if layer.name in names and not isinstance(layer.output, (list, tuple))]
-    if not probed:
-        return {}
-    probe = keras.Model(model.inputs, [layer.output for layer in probed])
-
-    @tf.function
-    def extremes(batch):
-        outputs = probe(batch, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return [tf.reduce_min(o) for o in outputs], [tf.reduce_max(o) for o in outputs]
-
-    low, high = [], []
-    for start in range(0, min(len(x), batches * batch_size), batch_size):
-        mins, maxs = extremes(tf.constant(x[start:start + batch_size]))
-        low.append([float(v) for v in mins])
-        high.append([float(v) for v in maxs])
-    low, high = np.mean(low, axis=0), np.mean(high, axis=0)
-    return {layer.name: (min(float(a), 0.0), max(float(b), 0.0)) for layer, a, b in zip(probed, low, high)}
-
-
-def initialize_ranges(quantized, x: np.ndarray, batch_size: int, float_model=None, batches: int = 4,
-                      rounds: int = 3) -> int:
-    """Starts the activation ranges of a fresh QAT model at the ranges its data really have.
-
-    tfmot's moving-average quantizers start every activation range at [-6, 6] and
-    move it by 0.1 % per training step: after the few hundred steps of a short QAT
-    fine-tune a range is still mostly [-6, 6], so activations beyond ±6 are clipped,
-    and activations much smaller than 6 are rounded to zero, during training and in
-    the converted file (measured: a squeeze-excite digits net lost 6 points after 2
-    epochs of QAT while post-training int8 lost none; EfficientNetB0, whose in-model
-    ``Rescaling(1/255)`` makes every early activation tiny, sat at chance).
-
-    - A layer's output range (``output_*``, ``post_activation_*``) is set to the
-      range of the same layer's output in ``float_model`` (the model that was wrapped),
-      averaged over ``batches`` batches.
-    - The input's all-values quantizer (it starts at [0, 0] and widens to every
-      batch) takes the range of those batches.
-    - Ranges left (layers the wrapping renamed or split, pre-activation ranges) are
-      set to the mean of the batch ranges tfmot itself computes, read back from
-      training-mode passes (``v1 = d·v0 + (1−d)·r`` gives ``r``), in a few rounds.
-    - The weights' ranges keep the weights' own (tfmot's last-value quantizers start
-      at [-6, 6] too, which rounds most small weights to zero until the first step).
-
-    BatchNorm statistics are restored afterwards; no weight is trained. Returns the
-    number of activation ranges set.
-    """
-    variables = _range_variables(quantized, RANGE_INIT)
-    widening = _range_variables(quantized, 0.0)
-    if not (variables or widening) or len(x) == 0:
-        return 0
-    set_from_float = _set_from_float(quantized, float_model, x, batch_size, batches, variables)
-    variables = [v for v in variables if all(v is not w for w in set_from_float)]
-    # BatchNorm statistics and the like, and the ranges already set; the weights' own ranges are left to the passes.
-    keep = [(v, v.numpy()) for v in quantized.non_trainable_variables
-            if not _is_range(v) or any(v is w for w in set_from_float)]
-    samples = [x[start:start + batch_size] for start in range(0, len(x), batch_size)][:batches]
-    for batch in samples:   # the all-values ranges first: every later pass sees real inputs
-        quantized(batch, training=True)
-    for variable, value in keep:
-        variable.assign(value)
-    for _ in range(rounds if variables else 0):
-        observed = [[] for _ in variables]
-        for batch in samples:
-            before = [v.numpy() for v in variables]
-            quantized(batch, training=True)
-            for seen, variable, old in zip(observed, variables, before):
-                seen.append((variable.numpy() - EMA_DECAY * old) / (1.0 - EMA_DECAY))
-                variable.assign(old)
-        for variable, seen in zip(variables, observed):
-            variable.assign(np.mean(seen, axis=0).astype(variable.dtype.as_numpy_dtype))
-        for variable, value in keep:
-            variable.assign(value)
-    return len(variables) + len(widening) + len(set_from_float)
-
-
-def _set_from_float(quantized, float_model, x, batch_size: int, batches: int, variables: list) -> list:
-    """Sets the output ranges of wrapped layers found by name in ``float_model``; returns the variables set."""
-    if float_model is None:
-        return []
-    owners = {}
-    for layer in quantized.layers:
-        inner = getattr(layer, "layer", None)
-        if inner is None:
-            continue
-        for variable in layer.non_trainable_variables:
-            name = variable.name.split(":")[0].split("/")[-1]
-            if any(variable is v for v in variables) and name.startswith(("output_", "post_activation_")):
-                owners.setdefault(inner.name, []).append(variable)
-    ranges = _float_ranges(float_model, x, batch_size, batches, set(owners))
-    done = []
-    for name, (low, high) in ranges.items():
-        for variable in owners[name]:
-            variable.assign(np.full(variable.shape, low if variable.name.split(":")[0].endswith("_min") else high,
-                                    dtype=variable.dtype.as_numpy_dtype))
-            done.append(variable)
-    return done
 
 
 def _samples(dataset, count: int = 32) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Usage: ``python -m edgecomp.targets.gpu_worker MODEL INPUTS.npy OUTPUTS.npy ELEMENTS``
 (``ELEMENTS``: values in the first output of one sample). Prints one JSON line:
-``{"ran": true, "fully_accelerated": ...}`` after writing the first output of every sample, or ``{"ran": false, "reason": ...}``. The accelerator logs to stderr, which
+``{"ran": true, "fully_accelerated": ...}`` after writing the first output of every
+sample, or ``{"ran": false, "reason": ...}``. The accelerator logs to stderr, which
 the parent reads for the reason when it fails (no GPU, no Vulkan, ...).
 """
 

@@ -1,9 +1,11 @@
-"""Target profiles: frozen data, one table, no TensorFlow import.
+"""Target profiles and microcontroller boards: two tables of frozen data, no TensorFlow import.
 
-A profile says which quantization modes and I/O types a target accepts, the default
-quantization, and which delegate a runtime applies there. Converter settings per
-quantization mode live in ``convert.py``; the rules each file must meet live in the
-target's verifier module.
+``PROFILES`` describes each target: the quantization modes and I/O types it accepts,
+the default quantization, and which delegate runs its files there. It is a summary:
+a run checks a config against the target schemas of ``edgecomp.config.targets``, which
+declare the same choices. ``BOARDS`` holds the flash and RAM budgets that
+``micro.board`` names. Converter settings per quantization mode live in
+``convert.py``; the rules each file must meet live in the target's verifier module.
 """
 
 from __future__ import annotations
