@@ -75,6 +75,31 @@ class Description:
     output_description: str = ""
 
 
+def for_run(settings, name: str, dataset, labels: list[str], output_kind: str, target: str,
+            quantization: str) -> Description:
+    """The description of a run's file: ``settings`` is the config's ``metadata`` section.
+
+    Args:
+        settings: ``MetadataConfig`` (description, version, author, license).
+        name: the run's name; dataset: its ``Dataset`` (normalization, image kind, preprocessing).
+        labels: one name per output index.
+        output_kind: ``probabilities`` (softmax head) or ``logits``.
+        target, quantization: what the file was made for.
+    """
+    import edgecomp
+
+    made = (f"{name}: a {dataset.num_classes}-class classifier of {dataset.name} data for the {target} target "
+            f"({quantization}), made with edgecomp {edgecomp.__version__}")
+    mean, std = dataset.normalization if dataset.normalization is not None else (None, None)
+    return Description(
+        name=name, description=settings.description or made, version=settings.version, author=settings.author,
+        license=settings.license, labels=tuple(labels),
+        mean=None if mean is None else [mean], std=None if std is None else [std], image=dataset.image,
+        input_description=dataset.preprocessing,
+        output_description="probabilities (softmax)" if output_kind == "probabilities"
+        else "logits: apply a softmax for probabilities")
+
+
 def attach(content: bytes, info: Description) -> bytes:
     """``content`` with ``info`` as its metadata (any earlier metadata and associated files replaced).
 

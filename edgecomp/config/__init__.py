@@ -65,6 +65,7 @@ from edgecomp.config.sections import (
     BenchmarkConfig,
     DataConfig,
     DistributeConfig,
+    MetadataConfig,
     ModelSpec,
     TrainConfig,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "AugmentConfig", "BenchmarkConfig", "ClusterConfig", "ClusterStage", "Config", "ConfigError", "CpuTarget",
     "CpuTargetConfig", "DataConfig", "DistillConfig", "DistillStage", "DistributeConfig", "EdgeTpuTarget",
     "EdgeTpuTargetConfig", "FeatureMatch", "GpuTarget", "GpuTargetConfig", "LowRankConfig", "LowRankStage",
+    "MetadataConfig",
     "MicroTarget", "MicroTargetConfig", "ModelSpec", "PruneConfig", "PruneStage", "QuantizeConfig", "QuantizeStage",
     "Stage", "Target", "TrainConfig",
     "apply_override", "format_validation_error", "from_dict", "json_schema", "load", "parse_yaml", "read_yaml",

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edgecomp.config.base import MAX_SEED, _Strict
 from edgecomp.config.messages import format_validation_error
-from edgecomp.config.sections import BenchmarkConfig, DataConfig, DistributeConfig, ModelSpec, TrainConfig
+from edgecomp.config.sections import (BenchmarkConfig, DataConfig, DistributeConfig, MetadataConfig, ModelSpec,
+                                      TrainConfig)
 from edgecomp.config.stages import Stage
 from edgecomp.config.targets import CpuTarget, Target
 from edgecomp.errors import ConfigError
@@ -38,6 +39,7 @@ class Config(_Strict):
     targets: tuple[Target, ...] = (CpuTarget(),)
     benchmark: BenchmarkConfig = BenchmarkConfig()
     distribute: DistributeConfig = DistributeConfig()
+    metadata: MetadataConfig = MetadataConfig()
 
     def __init__(self, **values):
         # Only the top level: pydantic calls a custom __init__ for nested models too, which would lose the path.

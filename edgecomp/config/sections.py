@@ -208,3 +208,17 @@ class BenchmarkConfig(_Strict):
                     "allowed: local, ssh://user@host[:port], adb://SERIAL"
                 )
         return self
+
+
+class MetadataConfig(_Strict):
+    """What the ``.tflite`` files say about themselves (TFLite metadata: labels, normalization, description)."""
+
+    write: bool = Field(True, description="write TFLite metadata into every file but micro's (labels.txt packed "
+                                          "in the file, input normalization, image kind, description); false "
+                                          "leaves the converter's bytes as they are")
+    description: str = Field("", max_length=1000, description="what the model does; default: one made from the "
+                                                               "data, the target and the quantization")
+    version: str = Field("", max_length=100, description="the model's version, as its maker numbers it")
+    author: str = Field("", max_length=200)
+    license: str = Field("", max_length=200)
+
