@@ -47,7 +47,7 @@ from typing import Optional
 
 from pydantic import Field, ValidationError, field_validator
 
-from edgecomp import config, files
+from edgecomp import checkpoints, config, files
 from edgecomp import report as report_module
 from edgecomp.config import ClusterConfig, ConfigError, DistillConfig, LowRankConfig, PruneConfig, QuantizeConfig
 
@@ -202,7 +202,7 @@ def run(study: StudyConfig, *, resume: bool = False) -> list[dict]:
         cfg = run_config(study, name)
         log.info("study %s: recipe %d/%d: %s (%s)", study.name, number, len(names), name,
                  " → ".join(RECIPES[name]) or "no stages")
-        baseline = cfg.run_dir / "checkpoints" / "00_baseline"
+        baseline = checkpoints.baseline_folder(cfg.run_dir)
         if shared is not None and not baseline.exists():
             shutil.copytree(shared, baseline)
         started = time.time()
