@@ -29,6 +29,24 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(EXIT_USAGE)
 
 
+def config_flag(argv: list[str], path: str | None, example: str) -> str:
+    """The ``--config`` file's path for a tool that takes no positional arguments (train, study, search).
+
+    Args:
+        argv: what absl left after parsing the flags (the program's name first).
+        path: the ``--config`` flag's value.
+        example: a shipped file to name when ``--config`` is missing.
+
+    Raises:
+        ConfigError: stray positional arguments or no ``--config``.
+    """
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    if not path:
+        raise ConfigError(f"--config is required, e.g. --config {example}")
+    return path
+
+
 def read_model_flag(argv: list[str], path: str | None) -> bytes:
     """The ``--model`` file's bytes for a tool that takes no positional arguments (bench, check).
 

@@ -45,9 +45,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from edgecomp import config, files
+from edgecomp import checkpoints, config, config_file, files
 from edgecomp import report as report_module
 from edgecomp.config import ClusterConfig, ConfigError, DistillConfig, LowRankConfig, PruneConfig, QuantizeConfig
 
@@ -133,15 +133,12 @@ def load(path: str | Path, overrides=(), recipes: Optional[list[str]] = None) ->
         ConfigError: one line naming the key, the value and what is allowed, also
             for a recipe whose run config would be invalid.
     """
-    raw = config.read_yaml(path)
-    for override in overrides:
-        config.apply_override(raw, override)
-    if recipes:
-        raw["recipes"] = list(recipes)
-    try:
-        study = StudyConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {config.format_validation_error(error)}") from None
+
+    def chosen(raw: dict) -> None:
+        if recipes:
+            raw["recipes"] = list(recipes)
+
+    study = config_file.load_file(path, overrides, StudyConfig, prepare=chosen)
     for name in selected(study):
         run_config(study, name)  # every recipe's run config is valid before anything trains
     return study
@@ -202,7 +199,7 @@ def run(study: StudyConfig, *, resume: bool = False) -> list[dict]:
         cfg = run_config(study, name)
         log.info("study %s: recipe %d/%d: %s (%s)", study.name, number, len(names), name,
                  " → ".join(RECIPES[name]) or "no stages")
-        baseline = cfg.run_dir / "checkpoints" / "00_baseline"
+        baseline = checkpoints.baseline_folder(cfg.run_dir)
         if shared is not None and not baseline.exists():
             shutil.copytree(shared, baseline)
         started = time.time()
@@ -408,22 +405,27 @@ def plot(rows: list[dict], target: str, path: Path) -> None:
     files.write_bytes(path, buffer.getvalue())
 
 
+def summary(study: StudyConfig, rows: list[dict]) -> str:
+    """What ``python -m edgecomp.study`` prints: where the table went, then one line per row."""
+    lines = [f"wrote {study.study_dir / 'study.md'} ({len(rows)} rows)"]
+    for row in rows:
+        lines.append(f"  {row['recipe']:18s} {row['target']:9s} {row['quantization']:8s} {row['size_bytes']:>9,d} B  "
+                     f"accuracy {_cell(row['accuracy'])}  p50 {_cell(row['p50_ms'])} ms  "
+                     f"size × {_cell(row['size_ratio'])}")
+    return "\n".join(lines)
+
+
 def main(argv) -> int:
     """``python -m edgecomp.study``: flags are defined only when run as a program."""
     from absl import flags
 
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    from edgecomp import cli
+
     options = flags.FLAGS
-    if not options.config:
-        raise ConfigError("--config is required, e.g. --config configs/study_digits.yaml")
+    path = cli.config_flag(argv, options.config, "configs/study_digits.yaml")
     recipes = [name.strip() for name in options.recipes.split(",") if name.strip()] if options.recipes else None
-    study = load(options.config, list(options.set), recipes)
-    rows = run(study, resume=options.resume)
-    print(f"wrote {study.study_dir / 'study.md'} ({len(rows)} rows)")
-    for row in rows:
-        print(f"  {row['recipe']:18s} {row['target']:9s} {row['quantization']:8s} {row['size_bytes']:>9,d} B  "
-              f"accuracy {_cell(row['accuracy'])}  p50 {_cell(row['p50_ms'])} ms  size × {_cell(row['size_ratio'])}")
+    study = load(path, list(options.set), recipes)
+    print(summary(study, run(study, resume=options.resume)))
     return 0
 
 

@@ -18,12 +18,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise config.ConfigError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
-    if not FLAGS.config:
-        raise config.ConfigError("--config is required, e.g. --config configs/quickstart.yaml")
+    path = cli.config_flag(argv, FLAGS.config, "configs/quickstart.yaml")
     overrides = list(FLAGS.set) + (["model.trust=true"] if FLAGS.trust_model else [])
-    cfg = config.load(FLAGS.config, overrides)  # validated before TensorFlow is imported
+    cfg = config.load(path, overrides)  # validated before TensorFlow is imported
     if cfg.distribute.strategy == "multi_worker":
         distribute.read_tf_config()  # a missing or bad TF_CONFIG is reported before TensorFlow starts
 

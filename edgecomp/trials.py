@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from edgecomp import config, files
+from edgecomp import checkpoints, config, files
 from edgecomp.config import ConfigError
 from edgecomp.errors import EdgecompError
 
@@ -54,7 +54,7 @@ def run_trial(raw_config: dict, baseline: dict[str, bytes], output_dir: Optional
     try:
         cfg = config.from_dict({**raw_config, "output_dir": output_dir}, source=f"trial {raw_config.get('name')}")
         # Always this search's baseline: a folder left by an earlier search may hold another one.
-        files.write_dir(cfg.run_dir / "checkpoints" / "00_baseline", baseline)
+        files.write_dir(checkpoints.baseline_folder(cfg.run_dir), baseline)
         try:
             report = pipeline.run(cfg, resume=True)
         except EdgecompError as error:
@@ -63,7 +63,7 @@ def run_trial(raw_config: dict, baseline: dict[str, bytes], output_dir: Optional
         if scratch is not None:
             for path in sorted(cfg.run_dir.rglob("*")):
                 relative = path.relative_to(cfg.run_dir)
-                if path.is_file() and relative.parts[0] != "checkpoints":
+                if path.is_file() and relative.parts[0] != checkpoints.FOLDER:
                     outputs[str(relative)] = path.read_bytes()
         return {"report": report.to_dict(), "files": outputs, "seconds": time.time() - started}
     finally:

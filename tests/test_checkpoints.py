@@ -13,7 +13,7 @@ import numpy as np
 
 from edgecomp import config, files, models
 from edgecomp._keras import keras
-from edgecomp.pipeline import CHECKPOINT_FILE, Checkpoints
+from edgecomp.checkpoints import CHECKPOINT_FILE, Checkpoints
 from edgecomp.report import StageRecord
 
 STAGES = [(0, "baseline"), (1, "prune"), (2, "cluster")]

@@ -97,7 +97,7 @@ def test_dominance_skips_more_compression_after_an_accuracy_miss(tmp_path):
     parsed = search.SearchFileConfig.model_validate({**raw, "recipes": ["filters"]})
     low, middle, high = search.candidates(parsed)
     middle.verdict, middle.reason, middle.accuracy_failed = "rejected", "accuracy 0.4 < min_accuracy 0.5", True
-    search._apply_dominance(parsed, [low, middle, high])
+    search.apply_dominance(parsed, [low, middle, high])
     assert (low.verdict, high.verdict) == ("untried", "not tried")
     assert "02_filters, which missed: accuracy 0.4" in high.reason
 
@@ -108,7 +108,7 @@ def test_most_accurate_stops_a_recipe_at_its_first_candidate_that_meets_everythi
     parsed = search.SearchFileConfig.model_validate({**raw, "recipes": ["filters"]})
     low, middle, high = search.candidates(parsed)
     low.verdict = "met"
-    search._apply_dominance(parsed, [low, middle, high])
+    search.apply_dominance(parsed, [low, middle, high])
     assert middle.verdict == high.verdict == "not tried"
     assert "objective most_accurate: 01_filters, less compressed" in high.reason
 
@@ -349,5 +349,5 @@ def test_latency_is_read_from_the_search_device_only(tmp_path):
 
     record = TargetRecord("cpu", "int8", "cpu/model.tflite", 1, 1, {}, {"ok": True},
                           benchmarks=[{"device": "local", "latency_ms": {"p50": 0.3}}])
-    assert search._latency_on(record, "local") == 0.3
-    assert search._latency_on(record, "ssh://pi@rpi") is None   # the Pi gave no timing: not local's
+    assert search.latency_on(record, "local") == 0.3
+    assert search.latency_on(record, "ssh://pi@rpi") is None   # the Pi gave no timing: not local's

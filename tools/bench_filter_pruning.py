@@ -20,15 +20,12 @@ of each, the latency ratio (goal ≤ 0.6) and the accuracy drop (goal ≤ 1.0 po
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edgecomp import config, data, models, pipeline, runtime  # noqa: E402
-from edgecomp.targets.convert import convert  # noqa: E402
-from invoke_timer import timer  # noqa: E402 - tools/, beside this script
+from edgecomp import checkpoints, config, data, models, pipeline, runtime
+from edgecomp.targets.convert import convert
+from invoke_timer import timer  # tools/, beside this script
 
 
 def checkpoint_paths(cfg) -> tuple[Path, Path]:
@@ -38,12 +35,11 @@ def checkpoint_paths(cfg) -> tuple[Path, Path]:
                      if config.stage_kind(item) == "prune" and config.stage_params(item).structure == "filters"]
     if not prune_indices:
         raise SystemExit(f"error: {cfg.name}: no prune stage with structure filters in stages ({', '.join(kinds)})")
-    folder = cfg.run_dir / "checkpoints"
-    return folder / "00_baseline" / pipeline.CHECKPOINT_FILE, \
-        folder / f"{prune_indices[0]:02d}_prune" / pipeline.CHECKPOINT_FILE
+    return checkpoints.baseline_file(cfg.run_dir), checkpoints.stage_file(cfg.run_dir, prune_indices[0], "prune")
 
 
 def main():
+    """Prints both files' params, size, accuracy and latency, the latency ratio and the accuracy drop."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/filters_resnet8.yaml")
     parser.add_argument("--set", action="append", default=[], help="config override, as in edgecomp.train")

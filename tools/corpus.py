@@ -34,8 +34,7 @@ from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parent   # corpus_models.py is here: python puts a script's folder on the path
 
 RECIPES = {
     "ptq": [],

@@ -7,7 +7,7 @@ runs on; ``tools/corpus.py`` runs every recipe on every model with default setti
 
 from __future__ import annotations
 
-from edgecomp._keras import keras, tf
+from edgecomp import keras   # tf_keras, chosen by edgecomp before TensorFlow is imported
 
 layers = keras.layers
 DIGITS = {"source": "digits"}
@@ -61,6 +61,8 @@ def awkward_cnn(input_shape, num_classes):
 
 def squeeze_excite(input_shape, num_classes):
     """Hard-swish and a squeeze-excite gate written with tensor operators."""
+    import tensorflow as tf   # after edgecomp (imported above) has chosen tf_keras
+
     def hard_swish(t):
         return t * tf.nn.relu6(t + 3.0) * (1.0 / 6.0)
 

@@ -1,4 +1,7 @@
-"""The per-file timer the layer and filter-pruning benchmarks share (imported from tools/).
+"""The per-file timer the filter-pruning and layer benchmarks share.
+
+``tools/bench_filter_pruning.py`` imports it from beside itself; ``experiments/bench_low_rank.py``
+as ``tools.invoke_timer`` (run from the repository root).
 
 The timing loop itself is the agent's (``edgecomp.devices.agent.time_invokes``), the
 one the local and ssh devices run.

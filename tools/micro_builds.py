@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The corpus models' builders ("corpus_models:NAME") import tools/corpus_models.py: python puts a
+# script's folder on the path, so run this file as a script (python tools/micro_builds.py).
 
 DIGITS = {"source": "digits", "calibration_samples": 200}
 MNIST1D = {"source": "mnist1d", "calibration_samples": 200}

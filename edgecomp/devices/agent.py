@@ -255,7 +255,7 @@ def _stats(latencies_ms):
 def time_invokes(invoke, runs, clock=time.perf_counter):
     """The timing loop: one clock read before and one after each ``invoke()``; seconds per call.
 
-    Nothing else happens between the two reads (tools/bench_harness_overhead.py measures
+    Nothing else happens between the two reads (experiments/bench_harness_overhead.py measures
     what the loop adds over a bare ``invoke()`` loop).
     """
     latencies = []

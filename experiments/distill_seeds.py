@@ -1,13 +1,26 @@
 """The distill stage of a config over several seeds: test errors of teacher, student alone and distilled.
 
+Question: does a distilled student make at least 30 % fewer test errors than the same
+student trained alone (Hinton et al.), and at how many seeds?
+
 Runs only the stage (teacher training, the student alone, the distilled student), with
 op determinism on as ``edgecomp.train`` has it, so a seed's row equals that seed's full
 run. One line of JSON per seed, then the mean reduction of test errors.
 
-Example:
-    python tools/distill_seeds.py --config configs/distill_mnist1d.yaml --seeds 0,1,2
-    python tools/distill_seeds.py --config configs/distill_mnist1d.yaml --seeds 0,1 \\
+Run (from the repository root):
+    python -m experiments.distill_seeds --config configs/distill_digits.yaml --seeds 0,1,2,3,4
+    python -m experiments.distill_seeds --config configs/distill_mnist1d.yaml --seeds 0,1,2
+    python -m experiments.distill_seeds --config configs/distill_defaults_mnist1d.yaml --seeds 0,1,2
+    python -m experiments.distill_seeds --config configs/distill_mnist1d.yaml --seeds 0,1 \\
         --distill '{"temperature": 8.0}'
+
+Answer (docs/stages.md, ``distill``; test errors teacher / student alone / distilled): on
+digits (``configs/distill_digits.yaml``, 359 test images) 3/12/8, 1/6/2, 3/8/3, 1/2/3, 1/9/4,
+so 33, 67, 63, -50 and 56 % fewer errors than the student alone: the 30 % holds at 4 of 5
+seeds. On MNIST-1D (``configs/distill_mnist1d.yaml``, 1,000 test signals) 33/35/32, 25/33/27,
+30/37/32: 9, 18 and 14 %; the teacher is only 2-8 errors better than the student alone. With
+every distill setting at its default (``configs/distill_defaults_mnist1d.yaml``) the returned
+student made 92/89/110 test errors at 20 epochs and 43/32/34 at 100.
 """
 
 import argparse
@@ -23,6 +36,7 @@ from edgecomp.config import stage_kind, stage_params
 
 
 def main() -> None:
+    """Prints one JSON line per seed, then the mean error reduction."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a run config whose first stage is distill")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

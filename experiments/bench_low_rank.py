@@ -1,5 +1,8 @@
 """Latency of one large Dense and one 3×3 Conv2D before and after SVD factorization, at a few ranks.
 
+Question: does the ``low_rank`` stage's factorization make a layer faster, not only smaller,
+and at which share of the full rank?
+
 Builds each layer alone as a model, factorizes it with ``edgecomp.stages.low_rank``
 at 1/8, 1/4 and 1/2 of the full rank, converts every variant to a ``.tflite``
 (float32 by default, ``--quantization int8`` for full-integer), and times them with
@@ -7,7 +10,11 @@ the LiteRT interpreter (XNNPACK, 1 thread) in interleaved rounds, so all variant
 see the same machine state. Prints the best-of-rounds median per variant, its
 kernel weights and the ratios to the unfactorized layer, all from this one run.
 
-    python tools/bench_low_rank.py [--quantization float32|int8] [--rounds 7] [--invokes 50]
+Run (from the repository root; the timer is ``tools/invoke_timer.py``'s):
+    python -m experiments.bench_low_rank [--quantization float32|int8] [--rounds 7] [--invokes 50]
+
+Answer: not recorded in docs/. It prints, per layer, a table of variant (original, rank 1/8,
+1/4, 1/2 of the full rank), kernel weights, weights ×, p50 ms and latency × the original.
 """
 
 import argparse
@@ -17,7 +24,7 @@ import numpy as np
 from edgecomp._keras import keras
 from edgecomp.stages import low_rank
 from edgecomp.targets.convert import convert
-from invoke_timer import timer  # tools/, beside this script
+from tools.invoke_timer import timer
 
 LAYERS = {
     "dense 1024→1024 (batch 1)": ((1024,), lambda: keras.layers.Dense(1024, name="layer")),
@@ -45,6 +52,7 @@ def variants(input_shape, make_layer, quantization: str):
 
 
 def main():
+    """Prints one table per layer: weights and latency of each variant, and their ratios to the original."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quantization", choices=("float32", "int8"), default="float32")
     parser.add_argument("--rounds", type=int, default=7)

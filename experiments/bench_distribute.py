@@ -1,5 +1,8 @@
 """Training-step time on one device vs MirroredStrategy on 1 and 2 logical CPUs, side by side in one run.
 
+Question: what does running a stage under ``distribute: mirrored`` cost per training step,
+against no strategy, on a machine without GPUs?
+
 Splits the CPU into two logical devices (before TensorFlow starts), builds one
 seeded digits_cnn per setup and times epochs of ``--steps`` steps of the same
 global batch, interleaved round by round, through the same input path edgecomp's
@@ -8,7 +11,14 @@ datasets sharded by data under one). Prints the best and median step time of eac
 Logical CPUs share the same cores, so 2 replicas are not expected to be faster here;
 this measures the strategy's overhead, not a speed-up (that needs GPUs or hosts).
 
-    python tools/bench_distribute.py [--steps 40] [--rounds 8] [--batch 64] [--width 1.5]
+Run (from the repository root):
+    python -m experiments.bench_distribute [--steps 40] [--rounds 8] [--batch 64] [--width 1.5]
+
+Answer (docs/distributed.md; 2 shared CPU cores, no GPU; best and median of 8 interleaved
+epochs of 40 steps, global batch 64): no strategy 13.4 ms per step (median 17.9);
+``MirroredStrategy`` on ``/cpu:0`` alone 16.7 ms (21.1), 1.24×; on ``/cpu:0`` + ``/cpu:1``
+30.7 ms (37.5), 2.29×. The strategy's overhead (the per-step all-reduce and the split batch),
+not a forecast for GPUs or hosts.
 """
 
 import argparse
@@ -43,6 +53,7 @@ def prepare(name: str, strategy_config, x, y, batch: int, steps: int, width: flo
 
 
 def main():
+    """Prints the best and median step time of each setup."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=8)
