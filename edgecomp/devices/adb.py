@@ -274,7 +274,7 @@ def _check_abi(binary: Path, properties: dict, name: str) -> None:
 
 
 def make_record(device: AdbDevice, parsed: dict, runs: int, warmup: int, threads: int) -> dict:
-    """The benchmark record (DESIGN.md §6 keys plus what benchmark_model adds) from parsed output."""
+    """The benchmark record (report.json's benchmark keys plus what benchmark_model adds) from parsed output."""
     notes = []
     if parsed["delegate"].lower() != device.delegate:
         notes.append(f"asked for the {device.delegate} delegate; benchmark_model reported: {parsed['delegate_detail']}")
