@@ -14,7 +14,7 @@ round, so both see the same machine state. Prints the best-of-rounds median late
 of each, the latency ratio (goal ≤ 0.6) and the accuracy drop (goal ≤ 1.0 point).
 
     python tools/bench_filter_pruning.py [--config configs/filters_resnet8.yaml] [--rounds 15]
-                                         [--invokes 50] [--threads 1] [--json out.json]
+                                         [--invokes 50] [--threads 1] [--no-xnnpack] [--json out.json]
 """
 
 import argparse
@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--invokes", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-xnnpack", action="store_true", help="time LiteRT's builtin kernels instead of XNNPACK")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -67,7 +68,8 @@ def main():
     prepared = time.perf_counter() - started
 
     sample = dataset.x_test[:1]
-    timers = {label: timer(v["content"], sample, args.invokes, args.threads) for label, v in variants.items()}
+    timers = {label: timer(v["content"], sample, args.invokes, args.threads, xnnpack=not args.no_xnnpack)
+              for label, v in variants.items()}
     rounds = {label: [] for label in variants}
     for index in range(args.rounds):
         order = list(variants) if index % 2 == 0 else list(reversed(list(variants)))
@@ -81,7 +83,8 @@ def main():
     paired = statistics.median(p / b for p, b in zip(rounds["filter-pruned int8"], rounds["unpruned int8"]))
     ratio = pruned["p50_ms_best"] / base["p50_ms_best"]
     drop = (base["accuracy"] - pruned["accuracy"]) * 100
-    print(f"\n{cfg.name}: {dataset.summary()}; {runtime.runtime_name()}, {args.threads} thread(s), XNNPACK; "
+    print(f"\n{cfg.name}: {dataset.summary()}; {runtime.runtime_name()}, {args.threads} thread(s), "
+          f"{'builtin kernels' if args.no_xnnpack else 'XNNPACK'}; "
           f"prepared in {prepared:.0f} s")
     print(f"{args.rounds} interleaved rounds of {args.invokes} invokes; latency = median per round, best round")
     print(f"{'variant':<20}{'params':>10}{'int8 bytes':>12}{'accuracy':>10}{'p50 ms':>10}{'median ms':>11}")
@@ -95,7 +98,7 @@ def main():
     if args.json:
         figures = {label: {k: v for k, v in values.items() if k != "content"} for label, values in variants.items()}
         figures.update(latency_ratio=ratio, latency_ratio_paired_median=paired, accuracy_drop_points=drop,
-                       rounds=args.rounds, invokes=args.invokes, threads=args.threads)
+                       rounds=args.rounds, invokes=args.invokes, threads=args.threads, xnnpack=not args.no_xnnpack)
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 

@@ -6,7 +6,7 @@ config that names only the model, the data and the recipe's stages; nothing is
 tuned. A model's recipes share its baseline (``--resume``).
 
     python tools/corpus.py                       # the fast models (digits, MNIST-1D), ~25 min on 2 cores
-    python tools/corpus.py --slow                # also keras.applications at 32×32 (adds about an hour)
+    python tools/corpus.py --slow                # also keras.applications and a wide VGG at 32×32 (about an hour more)
     python tools/corpus.py --recipes deep,filters,low_rank   # the other recipes, added to the same table
     python tools/corpus.py --models mlp,plain_cnn --recipes ptq --quick   # a smoke run (CI's test)
 
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="", help="comma-separated names (default: every fast model)")
     parser.add_argument("--recipes", default=",".join(FAST_RECIPES),
                         help=f"comma-separated, of: {', '.join(RECIPES)} (default: {','.join(FAST_RECIPES)})")
-    parser.add_argument("--slow", action="store_true", help="include the keras.applications models")
+    parser.add_argument("--slow", action="store_true",
+                        help="include the slow models: keras.applications and the wide VGG at 32x32")
     parser.add_argument("--quick", action="store_true", help="1 epoch everywhere: a smoke run, figures mean nothing")
     parser.add_argument("--out", default="models/corpus", help="output folder")
     args = parser.parse_args(argv)

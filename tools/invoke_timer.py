@@ -15,13 +15,15 @@ from edgecomp import runtime
 from edgecomp.devices.agent import time_invokes
 
 
-def timer(content: bytes, sample: np.ndarray, invokes: int, threads: int = 1, warmup: int = 10):
+def timer(content: bytes, sample: np.ndarray, invokes: int, threads: int = 1, warmup: int = 10,
+          xnnpack: bool = True):
     """A function returning the median of ``invokes`` timed ``invoke()`` calls on ``content``, in ms.
 
-    The interpreter is built once (XNNPACK, ``threads``), fed ``sample`` (quantized
-    when the input is integer) and warmed up ``warmup`` times.
+    The interpreter is built once (XNNPACK unless ``xnnpack`` is false: LiteRT's builtin
+    kernels, ``threads``), fed ``sample`` (quantized when the input is integer) and warmed
+    up ``warmup`` times.
     """
-    interpreter = runtime.make_interpreter(content, num_threads=threads)
+    interpreter = runtime.make_interpreter(content, num_threads=threads, delegates=xnnpack)
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], runtime.quantize_input(sample, detail))
     for _ in range(warmup):
