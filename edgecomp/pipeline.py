@@ -1,5 +1,10 @@
 """The run: baseline → stages → a reference and one file per target → verify → benchmark → report.
 
+``run`` calls, in order: ``pipeline_baseline`` (the float model trained), the stages,
+each target's file (``_variant``, through the target hooks of ``edgecomp.targets``),
+``pipeline_guard`` (the accuracy guard of cpu int8 files) and ``pipeline_benchmark``
+(the benchmark devices), then writes the report.
+
 Example:
     >>> from edgecomp import config, pipeline
     >>> report = pipeline.run(config.load("configs/quickstart.yaml"))   # doctest: +SKIP
@@ -14,23 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import edgecomp
 from edgecomp import config as config_module
-from edgecomp import augment, data, distribute, files, models, runtime, stages, targets, training
+from edgecomp import augment, data, distribute, files, models, runtime, stages, targets
+from edgecomp import pipeline_baseline, pipeline_benchmark, pipeline_guard
 from edgecomp import report as report_module
+from edgecomp import report_plots
 from edgecomp._keras import keras, tf
+from edgecomp import checkpoints as checkpoint_layout
 from edgecomp.checkpoints import UNCHECKPOINTED_STAGES, Checkpoints
 from edgecomp.config import Config, stage_kind, stage_params
-from edgecomp.devices import open_configured, output_check
-from edgecomp.errors import DeviceError, EdgecompError, ModelError, NotLearnedError
+from edgecomp.errors import EdgecompError, ModelError
+from edgecomp.pipeline_baseline import check_learned  # noqa: F401 - pipeline.check_learned, as before
 from edgecomp.report import Report, StageRecord, TargetRecord
-from edgecomp.targets import convert as converter
-from edgecomp.targets import cpu, micro
 
 log = logging.getLogger("edgecomp")
-CHECKED_SAMPLES = 8   # test samples whose outputs every benchmarked device must reproduce
 
 
 def run(cfg: Config, *, resume: bool = False) -> Report:
@@ -47,9 +50,7 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         EdgecompError: bad data, model, or an output folder that cannot be written.
     """
     started = time.time()
-    for index, item in enumerate(cfg.targets):   # before anything trains
-        if stage_kind(item) == "micro":
-            micro.require_tflm(f"targets[{index}].micro")
+    _require_targets(cfg)   # before anything trains
     # Then: multi_worker must be set up before TensorFlow runs any other op.
     distribute.setup(cfg.distribute)
     chief = distribute.is_chief()   # only the chief writes; a worker's scratch folder is deleted at exit
@@ -66,33 +67,88 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
     report = Report(name=cfg.name, edgecomp_version=edgecomp.__version__, runtime=runtime.runtime_name(),
                     dataset={"source": cfg.data.source, "summary": dataset.summary()})
     # Workers read the chief's checkpoints (a folder all of them share) and write none.
-    checkpoints = Checkpoints(cfg.run_dir / "checkpoints", cfg, resume)
+    checkpoints = Checkpoints(checkpoint_layout.folder(cfg.run_dir), cfg, resume)
     if resume and cfg.distribute.strategy == "multi_worker":
         distribute.check_same_everywhere(checkpoints.usable(len(cfg.stages)), "the stage checkpoints --resume reuses",
                                          f"put output_dir ({cfg.output_dir}) on a filesystem every worker mounts at "
                                          "the same path, or run without --resume")
+    model = _baseline_model(cfg, dataset, run_dir, checkpoints, report)
 
+    # The reference is converted from a deep copy before any stage touches the model:
+    # tfmot wraps layer objects in place. Files are made on the chief only.
+    measured = _reference(cfg, model, dataset, calibration, run_dir, report) if chief else {}
+    model, previous, before_qat = _run_stages(cfg, model, dataset, run_dir, checkpoints, report)
+    if not chief:
+        log.info("worker: training finished; the chief converts, verifies, benchmarks and writes the report")
+        return report
+    _judge_targets(cfg, model, previous, before_qat, dataset, calibration, run_dir, report, measured)
+    report.seconds = time.time() - started
+    _write_report(report, run_dir)
+    return report
+
+
+def _require_targets(cfg: Config) -> None:
+    """Calls each configured target's ``require`` hook: a target this machine cannot judge stops the run now.
+
+    Raises:
+        ConfigError: naming the target as ``targets[i].<target>``.
+    """
+    for index, item in enumerate(cfg.targets):
+        require = targets.hook(stage_kind(item), "require")
+        if require is not None:
+            require(f"targets[{index}].{stage_kind(item)}")
+
+
+def _baseline_model(cfg: Config, dataset: data.Dataset, run_dir: Path, checkpoints, report: Report):
+    """The baseline: its checkpoint when resuming reuses it, else trained now and saved; recorded in ``report``."""
     model, record = checkpoints.load(0, "baseline")
     if model is None:
         keras.utils.set_random_seed(cfg.seed)
         with distribute.scope():
-            model, record = _baseline(cfg, dataset, run_dir)
+            model, record = pipeline_baseline.train(cfg, dataset, run_dir)
         model = _outside_strategy(model)
         checkpoints.save(0, "baseline", model, record)
     report.stages.append(record)
     report.dataset.update(input_output(dataset, model))
+    return model
 
-    # The reference is converted from a deep copy before any stage touches the model:
-    # tfmot wraps layer objects in place (DESIGN.md §9). Files are made on the chief only.
-    plain_int8 = None
-    if chief:
-        reference_model = models.copy(model)
-        reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
-        report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration,
-                                    run_dir)
-        plain_int8 = _plain_int8_flash(cfg, reference_model, calibration)
-        del reference_model
 
+def _reference(cfg: Config, model, dataset: data.Dataset, calibration, run_dir: Path, report: Report) -> dict:
+    """Makes the float32 reference file from a copy of ``model`` and lets targets measure that copy.
+
+    Returns:
+        What each target's ``measure_baseline`` hook returned, by target name (``_measure_baseline``).
+    """
+    reference_model = models.copy(model)
+    reference_params = config_module.CpuTargetConfig(quantization="float32", io="float32")
+    report.reference = _variant(cfg, "reference", reference_model, reference_params, dataset, calibration, run_dir)
+    return _measure_baseline(cfg, reference_model, calibration)
+
+
+def _measure_baseline(cfg: Config, baseline, calibration) -> dict:
+    """Each target's ``measure_baseline`` of the baseline, once per target with its first params, when stages run.
+
+    The yardstick of what the stages saved, measured in the same run before any stage.
+    """
+    measured = {}
+    if not cfg.stages:
+        return measured
+    for item in cfg.targets:
+        kind = stage_kind(item)
+        measure = targets.hook(kind, "measure_baseline")
+        if measure is not None and kind not in measured:
+            measured[kind] = measure(baseline, stage_params(item), calibration)
+    return measured
+
+
+def _run_stages(cfg: Config, model, dataset: data.Dataset, run_dir: Path, checkpoints, report: Report):
+    """Runs each stage on the model before it, or reuses its checkpoint; records each in ``report``.
+
+    Returns:
+        ``(model, previous, before_qat)``: the last stage's model, the stages that shaped it
+        (``prune_filters`` for filter pruning, none that fell back) and the float model a
+        quantize (QAT) stage started from, or None.
+    """
     previous: list[str] = []
     before_qat = None   # the float model QAT started from: the QAT file is judged against it
     for index, item in enumerate(cfg.stages, start=1):
@@ -122,28 +178,29 @@ def run(cfg: Config, *, resume: bool = False) -> Report:
         # Filter pruning removes channels and leaves no zeros for a later stage to preserve.
         zeroes_weights = kind != "prune" or stage_params(item).structure != "filters"
         previous.append(kind if zeroes_weights else "prune_filters")
+    return model, previous, before_qat
 
-    if not chief:
-        log.info("worker: training finished; the chief converts, verifies, benchmarks and writes the report")
-        return report
+
+def _judge_targets(cfg: Config, model, previous: list[str], before_qat, dataset: data.Dataset, calibration,
+                   run_dir: Path, report: Report, measured: dict) -> None:
+    """Makes, judges and benchmarks one file per target; compares it with the baseline and guards it.
+
+    Args:
+        previous, before_qat: what ``_run_stages`` returned with ``model``.
+        measured: what ``_measure_baseline`` returned: a target's ``compare_with_baseline``
+            hook gets its entry.
+    """
     expect = _expectations(report.stages)
     for item in cfg.targets:
-        params = stage_params(item)
-        record = _variant(cfg, stage_kind(item), model, params, dataset, calibration, run_dir, expect)
-        if stage_kind(item) == "micro" and plain_int8 and record.compatibility.get("details"):
-            _compare_with_plain_int8(record, plain_int8)
-        if stage_kind(item) == "cpu" and params.quantization == "int8" and record.metrics:
-            if "quantize" not in previous:   # post-training int8 (also when QAT fell back to it)
-                _guard(cfg, record, params, model, dataset, calibration, run_dir, report.stages, expect,
-                       reference=report.reference)
-            elif before_qat is not None:
-                _guard(cfg, record, params, before_qat, dataset, calibration, run_dir, report.stages[:-1], expect,
-                       qat=True, reference=report.reference)
+        kind, params = stage_kind(item), stage_params(item)
+        record = _variant(cfg, kind, model, params, dataset, calibration, run_dir, expect)
+        compare = targets.hook(kind, "compare_with_baseline")
+        if compare is not None and measured.get(kind) and record.compatibility.get("details"):
+            compare(record, measured[kind])
+        pipeline_guard.guard_target(cfg, kind, record, params, model, before_qat, previous, dataset, calibration,
+                                    run_dir, report, expect)
         record.accuracy_steps = accuracy_steps(report.stages, report.reference, record)
         report.targets.append(record)
-    report.seconds = time.time() - started
-    _write_report(report, run_dir)
-    return report
 
 
 def accuracy_steps(records: list[StageRecord], reference: TargetRecord | None, target: TargetRecord) -> dict:
@@ -219,82 +276,6 @@ def _prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def _baseline(cfg: Config, dataset: data.Dataset, run_dir: Path):
-    started = time.time()
-    samples = dataset.x_val if len(dataset.x_val) else dataset.x_train
-    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes, samples=samples[:32])
-    log.info("baseline: %s, %s params, training %d epochs", model.name, f"{models.count_params(model):,}",
-             cfg.train.epochs)
-    history = training.fit(
-        model, dataset, epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate,
-        batch_size=cfg.data.batch_size, log_dir=run_dir / "logs" / "00_baseline",
-        patience=cfg.train.early_stopping_patience,
-    )
-    accuracy = training.accuracy(model, dataset.x_test, dataset.y_test)
-    log.info("baseline Keras test accuracy %.4f", accuracy)
-    details = {"model": model.name, "epochs": cfg.train.epochs}
-    if history is not None:
-        details["epochs_run"] = len(history.epoch)
-        details["training"] = history.notes
-    check_learned(cfg, accuracy, training.chance_accuracy(dataset.y_test), details)
-    record = StageRecord(
-        stage="baseline", params=models.count_params(model), nonzero_params=models.count_nonzero_params(model),
-        metrics={"accuracy": accuracy}, seconds=time.time() - started, details=details,
-    )
-    return model, record
-
-
-def check_learned(cfg: Config, accuracy: float, chance: float, details: dict) -> None:
-    """Stops the run when the float model's test accuracy is near chance: nothing after it would mean anything.
-
-    Raises:
-        NotLearnedError: with the figures, the likely causes and the keys to change.
-    """
-    if not cfg.train.stop_if_not_learned or not training.near_chance(accuracy, chance):
-        return
-    if cfg.train.epochs == 0:
-        causes = ("the given weights were not trained for this data (set train.epochs > 0), or the data is scaled "
-                  "differently from what the model was trained on")
-    else:
-        causes = ("too few epochs (train.epochs), a learning rate too high or too low (train.learning_rate), "
-                  "inputs scaled differently from what the model expects, or BatchNorm statistics that never "
-                  "caught up (edgecomp re-estimates them when it sees the gap)")
-    done = "; ".join(details.get("training", [])) or "no training decisions recorded"
-    raise NotLearnedError(
-        f"the float model's test accuracy is {accuracy:.4f}, near chance ({chance:.4f}): compressing it would "
-        f"measure nothing. Likely causes: {causes}. Training: {done}. "
-        "Set train.stop_if_not_learned: false to go on anyway")
-
-
-def _plain_int8_flash(cfg: Config, baseline, calibration) -> int | None:
-    """Bytes of the baseline converted to plain int8 for the first micro target, when stages run.
-
-    The yardstick of what the stages (and LUT compression) saved on flash, measured
-    in the same run: the same model, post-training int8, with the micro target's
-    string stripping, before any stage.
-    """
-    micro_targets = [stage_params(item) for item in cfg.targets if stage_kind(item) == "micro"]
-    if not micro_targets or not cfg.stages:
-        return None
-    try:
-        content = converter.convert(baseline, "int8", "int8", calibration)
-    except ModelError as error:
-        log.warning("micro: the baseline's plain int8 file for comparison could not be made: %s", error)
-        return None
-    return len(micro.strip_strings(content) if micro_targets[0].strip_strings else content)
-
-
-def _compare_with_plain_int8(record: TargetRecord, plain_int8: int) -> None:
-    details = record.compatibility["details"]
-    details["plain_int8_flash_bytes"] = plain_int8
-    details["flash_ratio_to_plain_int8"] = record.size_bytes / plain_int8
-    lut = details.get("lut")
-    if lut and lut.get("outputs_identical"):
-        lut["ratio_to_plain_int8"] = lut["flash_bytes_after"] / plain_int8
-        log.info("micro: LUT-compressed file %s bytes, %.3f× the baseline's plain int8 file (%s bytes)",
-                 f"{lut['flash_bytes_after']:,}", lut["ratio_to_plain_int8"], f"{plain_int8:,}")
-
-
 def _expectations(records: list[StageRecord]) -> dict:
     """What the files must show of earlier stages: sparsity of prune, cluster count of cluster."""
     expect = {}
@@ -328,7 +309,7 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
                                                                  dataset.y_test, expect)
     if facts:
         record.compatibility["details"].update(facts)
-    finish = getattr(judged, "finish", None)   # files a target writes beside its model (micro: sources, project)
+    finish = targets.hook(target, "finish")   # the files a target writes beside its model
     if finish is not None:
         finish(record, content, params, path.parent, dataset, expect)
     record.skipped.extend(skipped)
@@ -338,7 +319,8 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         log.info("%s: %s bytes, accuracy %.4f (%s, %d test samples)", target, f"{len(content):,}",
                  record.metrics["accuracy"], record.metrics.get("runtime", "LiteRT"), record.metrics["samples"])
     if judged.BENCHMARKED:
-        record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
+        samples = dataset.x_test[:pipeline_benchmark.CHECKED_SAMPLES]
+        record.benchmarks = pipeline_benchmark.benchmark(cfg, path, samples, record)
     return record
 
 
@@ -357,73 +339,6 @@ def failed_rules(record: TargetRecord) -> str:
     return "failed " + "; ".join(failed) if failed else "passed"
 
 
-def _guard(cfg, record, params, model, dataset, calibration, run_dir, stages, expect, qat: bool = False,
-           reference: TargetRecord | None = None) -> None:
-    """Judges the int8 file against the float model it came from; repairs it when over budget.
-
-    The float model's accuracy is the last stage's (Keras, test split): the drop of
-    this step alone. Over budget on the test or the validation split, the repair
-    ladder of ``accuracy_guard.repair`` runs, measured on the validation split; the
-    verdict (rule ``accuracy_budget``) is given on the test split, after repair.
-
-    With ``qat``, the file is the QAT-trained one, ``model`` the float model QAT
-    started from and ``stages`` end with that model's stage: QAT and conversion are
-    judged together against it, and the ladder's rungs quantize ``model`` after
-    training instead (the best file on validation wins).
-
-    The verdict fails when, after repair, the step still loses more than the budget
-    against its input *and* the file is more than the budget below the float32
-    ``reference`` file: the budget is in points of the reference, so a step that
-    gives back part of what earlier stages gained (pruning's regularization often
-    lifts the float model) fails nothing; the report still says what the step lost.
-    """
-    from edgecomp.targets import accuracy_guard
-
-    budget = params.max_accuracy_drop
-    float_test = stages[-1].metrics["accuracy"]
-    has_val = len(dataset.x_val) > 0
-    validation = (dataset.x_val, dataset.y_val) if has_val else (dataset.x_test, dataset.y_test)
-    float_val = training.accuracy(model, *validation)
-    original = (run_dir / record.path).read_bytes()
-    int8_val = runtime.evaluate(original, *validation, where="validation")["accuracy"]
-    test_drop = (float_test - record.metrics["accuracy"]) * 100
-    val_drop = (float_val - int8_val) * 100
-    guard = {"float_model_accuracy": float_test, "budget_points": budget, "drop_points": test_drop,
-             "validation_drop_points": val_drop, "judged_on": "validation" if has_val else "test (no validation split)",
-             "float_layers": [], "layers": [], "steps": [], "rung": None,
-             "against": "the model before QAT" if qat else "the float model it was converted from"}
-    record.accuracy_guard = guard
-    # A QAT file is replaced only when the verdict split says it failed: on digits' 143 validation images one
-    # image is 0.7 points, and choosing by them swapped a QAT file within budget for a worse post-training one.
-    if test_drop > budget or (val_drop > budget and not qat):
-        fallback = params.fallback
-        if fallback == "float" and params.io != "float32":
-            log.warning("%s: fallback: float needs io: float32 (layers kept float cannot take %s input); "
-                        "calibration rung only", record.target, params.io)
-            fallback = "none"
-        log.info("%s: int8 loses %.2f points against %s (budget %.2f); repairing",
-                 record.target, test_drop, guard["against"], budget)
-        result = accuracy_guard.repair(model, calibration, dataset.x_train, validation, float_val, original,
-                                       budget, fallback, plain_failed=test_drop > budget,
-                                       first_rung="qat" if qat else "plain")
-        guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
-                     rung=result["rung"], calibration_samples=result["calibration_samples"])
-        if result["content"] != original:
-            _replace_file(cfg, record, params, result["content"], dataset, run_dir, expect,
-                          len(result["float_layers"]))
-        guard["drop_points"] = (float_test - record.metrics["accuracy"]) * 100
-        if guard["drop_points"] > budget:
-            guard["alternatives"] = accuracy_guard.alternatives(
-                model, result["calibration"], validation, (dataset.x_test, dataset.y_test),
-                {"validation": float_val, "test": float_test}, result["content"], budget)
-    guard["within_budget"] = guard["drop_points"] <= budget
-    reference_accuracy = (reference.metrics or {}).get("accuracy") if reference is not None else None
-    if reference_accuracy is not None:
-        guard["total_drop_points"] = (reference_accuracy - record.metrics["accuracy"]) * 100
-        guard["within_budget"] = guard["within_budget"] or guard["total_drop_points"] <= budget
-    _budget_rule(record, guard, params)
-
-
 def input_output(dataset, model) -> dict:
     """What a device feeds every file and what it gets back: report.json's ``dataset.input``/``dataset.output``."""
     head = models.head_activation(model)
@@ -435,104 +350,9 @@ def input_output(dataset, model) -> dict:
     }
 
 
-def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_layers: int) -> None:
-    path = files.write_bytes(run_dir / record.path, content)
-    record.size_bytes = path.stat().st_size
-    record.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))
-    record.metrics = runtime.evaluate(content, dataset.x_test, dataset.y_test, where=record.path)
-    record.compatibility = cpu.verify(content, params.quantization, params.io, expect, float_fallback=float_layers)
-    record.io = runtime.io_details(content)
-    record.benchmarks = _benchmark(cfg, path, dataset.x_test[:CHECKED_SAMPLES], record)
-
-
-def _budget_rule(record: TargetRecord, guard: dict, params) -> None:
-    """Adds ``accuracy_budget`` to the target's rules: the conversion's own drop, on the test split."""
-    drop, budget = guard["drop_points"], guard["budget_points"]
-    against = guard.get("against", "the float model it was converted from")
-    detail = (f"int8 {record.metrics['accuracy']:.4f} vs {against} (Keras) "
-              f"{guard['float_model_accuracy']:.4f}: loses {drop:.2f} points (budget {budget:.2f})")
-    if guard["rung"] and guard["rung"] not in ("plain", "qat"):
-        detail += f"; repaired by {guard['rung'].replace('_', ' ')}"
-    if drop > budget and guard["within_budget"]:
-        detail += (f", but the file is {abs(guard['total_drop_points']):.2f} points "
-                   f"{'below' if guard['total_drop_points'] > 0 else 'above'} the float32 reference: within budget "
-                   "(earlier stages gained what this step lost)")
-    ok = guard["within_budget"]
-    if not ok:
-        detail += "; over budget after every repair rung: " + _next_try(guard.get("alternatives", []))
-        if params.allow_over_budget:
-            detail += " (allowed: allow_over_budget)"
-    details = record.compatibility.setdefault("details", {})
-    details.setdefault("rules", []).append({"rule": "accuracy_budget", "ok": ok or params.allow_over_budget,
-                                            "detail": detail})
-    record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and (ok or params.allow_over_budget)
-
-
-def _next_try(alternatives: list[dict]) -> str:
-    """What to try after a failed ladder: the measured alternatives that met the budget first."""
-    fits = [row for row in alternatives if row.get("within_budget")]
-    advice = [f"quantization: {row['quantization']} (measured: loses {row['test_drop_points']:.2f} points, "
-              f"{row['latency_vs_int8']:.1f}x the int8 file's latency)" for row in fits]
-    advice.append("a quantize (QAT) stage, fallback: float or more data.calibration_samples")
-    return "try " + "; or ".join(advice)
-
-
-def _benchmark(cfg: Config, path: Path, samples: np.ndarray, record: TargetRecord) -> list[dict]:
-    """Benchmarks ``path`` on every configured device, timing the first sample; checks the device's outputs.
-
-    Devices that run edgecomp's agent (local, ssh) return the outputs of ``samples``;
-    they are compared with this machine's run of the same file (``output_check``),
-    and a device that computes something else fails rule ``outputs_on_<device>``.
-    """
-    results, expected = [], None
-    for spec in cfg.benchmark.devices:
-        try:
-            device = open_configured(spec, cfg.benchmark)
-        except DeviceError as error:
-            raise EdgecompError(f"benchmark.devices: {error}") from None
-        for threads in cfg.benchmark.threads:
-            log.info("%s: benchmarking on %s, %d thread(s), %d runs", record.target, spec, threads, cfg.benchmark.runs)
-            try:
-                result = device.benchmark(path, runs=cfg.benchmark.runs, warmup=cfg.benchmark.warmup,
-                                          threads=threads, inputs=samples, timeout_s=cfg.benchmark.timeout_s)
-            except DeviceError as error:
-                log.error("%s: %s", record.target, error)
-                record.skipped.append({"layer": f"benchmark {spec}", "reason": str(error)})
-                continue
-            if "outputs" in result:
-                if expected is None:
-                    expected = output_check.reference(path.read_bytes(), samples)
-                result["output_check"] = check = output_check.compare(result.pop("outputs"), expected)
-            else:
-                result["output_check"] = check = {"verdict": "not checked",
-                                                  "reason": "this device's benchmark returns no outputs"}
-            if check["verdict"] != "not checked":
-                _output_rule(record, spec, threads, check)
-            latency = result["latency_ms"]
-            which = "p50" if latency.get("p50") is not None else "mean"
-            log.info("%s: %s %.4f ms on %s (%s)", record.target, which, latency[which], spec, result["delegate"])
-            results.append(result)
-    return results
-
-
-def _output_rule(record: TargetRecord, spec: str, threads: int, check: dict) -> None:
-    """Rule ``outputs_on_<device>``: the device computed what this machine does (within tolerance).
-
-    Only ``wrong`` (a top class changed) fails; ``differs`` (beyond tolerance, same classes) is a warning.
-    """
-    ok = check["verdict"] != "wrong"
-    name = f"outputs_on_{spec.split('://')[0]}"
-    detail = f"{spec}, {threads} thread(s): {output_check.describe(check)}"
-    (log.error if not ok else log.warning if check["verdict"] == "differs" else log.info)("%s: %s", record.target,
-                                                                                       detail)
-    details = record.compatibility.setdefault("details", {})
-    details.setdefault("rules", []).append({"rule": name, "ok": ok, "detail": detail})
-    record.compatibility["ok"] = bool(record.compatibility.get("ok", True)) and ok
-
-
 def _write_report(report: Report, run_dir: Path) -> None:
     files.write_text(run_dir / "report.json", report.to_json())
     files.write_text(run_dir / "report.md", report_module.render(report))
-    for path in report_module.plot(report, run_dir / "plots"):
+    for path in report_plots.plot(report, run_dir / "plots"):
         log.info("plot %s", path)
     log.info("report %s", run_dir / "report.md")

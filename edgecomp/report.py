@@ -1,22 +1,21 @@
 """The run's report: what each stage did, what each target file measured.
 
-``Report.to_json()`` writes the keys of DESIGN.md §6; ``render()`` turns it into
+``Report.to_json()`` writes report.json (the keys other tools read); ``render()`` turns it into
 Markdown with one table (variant, size, gzip size, accuracy, latency p50 and ratios
-to the float32 reference); ``plot()`` draws accuracy against size, labelled with
-latency, and the latency of every variant. Everything a report says about a
+to the float32 reference), then stages, checks, benchmarks and each target's own
+section (the target hooks ``report_check_lines`` and ``report_section`` of
+``edgecomp.targets``); ``report_plots.plot()`` draws accuracy against size, labelled
+with latency, and the latency of every variant. Everything a report says about a
 ``.tflite`` was measured by running that file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import math
-from pathlib import Path
 from typing import Any, Optional
 
-from edgecomp import files
+from edgecomp import targets
 
 
 @dataclasses.dataclass
@@ -64,7 +63,7 @@ class Report:
     runtime: str = ""
 
     def to_dict(self) -> dict:
-        """Plain data with the keys of DESIGN.md §6 (plus ``dataset`` and ``runtime``)."""
+        """Plain data: the report.json keys other tools read (plus ``dataset`` and ``runtime``)."""
         data = dataclasses.asdict(self)
         if data["reference"] is not None:
             reference = data["reference"]
@@ -98,7 +97,8 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def _p50(record: TargetRecord) -> Optional[float]:
+def first_p50(record: TargetRecord) -> Optional[float]:
+    """The p50 latency of the file's first benchmark (ms), or None when it has none or the device gives no p50."""
     if not record.benchmarks:
         return None
     return record.benchmarks[0]["latency_ms"].get("p50")
@@ -150,16 +150,36 @@ def render(report: Report) -> str:
     lines.append("Accuracy of every file was measured by running that `.tflite` on the test split; "
                  "ratios are to the float32 reference measured in the same run.")
     lines.append("")
+    lines += _variants_lines(report)
+    lines += _stages_lines(report.stages)
+    lines += _checks_lines(report)
+    lines += _benchmarks_lines(report)
+    lines += _accuracy_steps_lines(report)
+    lines += _guard_lines(report)
+    lines += _target_sections(report)
+    lines += _quantized_io_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def _labelled(report: Report) -> list[tuple[str, TargetRecord]]:
+    """``(label, record)`` of every file: the reference first (when there is one), then the targets'."""
+    reference = report.reference
+    return [("reference" if record is reference else record.target, record)
+            for record in ([reference] if reference else []) + report.targets]
+
+
+def _variants_lines(report: Report) -> list[str]:
+    """The variants table: size, gzip size, accuracy, latency p50 and ratios to the float32 reference."""
+    lines = []
     reference = report.reference
     ref_acc = reference.metrics.get("accuracy") if reference else None
-    ref_p50 = _p50(reference) if reference else None
+    ref_p50 = first_p50(reference) if reference else None
     lines.append("| variant | quantization | size | gzip | accuracy | Δ accuracy | p50 latency | size × | gzip × | latency × |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for record in ([reference] if reference else []) + report.targets:
-        label = "reference" if record is reference else record.target
+    for label, record in _labelled(report):
         accuracy = record.metrics.get("accuracy")
         delta = "–" if record is reference or accuracy is None or ref_acc is None else f"{(accuracy - ref_acc) * 100:+.2f} pt"
-        p50 = _p50(record)
+        p50 = first_p50(record)
         lines.append(
             f"| {label} | {record.quantization} | {_kb(record.size_bytes)} | {_kb(record.gzip_bytes)} | "
             f"{_figure(accuracy, '.4f')} | {delta} | {'–' if p50 is None else f'{p50:.4f} ms'} | "
@@ -167,53 +187,54 @@ def render(report: Report) -> str:
             f"{_ratio(record.gzip_bytes, reference.gzip_bytes if reference else None)} | "
             f"{_ratio(p50, ref_p50)} |"
         )
-    lines += ["", "## Stages", "", "| stage | params | non-zero | accuracy (Keras) | seconds | skipped |", "|---|---|---|---|---|---|"]
-    for stage in report.stages:
+    return lines
+
+
+def _stages_lines(stages: list[StageRecord]) -> list[str]:
+    """The stages table, then distillation, QAT coverage and the layers stages skipped."""
+    lines = ["", "## Stages", "", "| stage | params | non-zero | accuracy (Keras) | seconds | skipped |", "|---|---|---|---|---|---|"]
+    for stage in stages:
         accuracy = stage.metrics.get("accuracy", float("nan"))
         lines.append(
             f"| {stage.stage} | {stage.params:,} | {stage.nonzero_params:,} | {accuracy:.4f} | "
             f"{stage.seconds:.1f} | {len(stage.skipped)} |"
         )
-    lines += _distillation_lines(report.stages)
-    lines += _coverage_lines(report.stages)
-    skipped = [(stage.stage, item) for stage in report.stages for item in stage.skipped]
+    lines += _distillation_lines(stages)
+    lines += _coverage_lines(stages)
+    skipped = [(stage.stage, item) for stage in stages for item in stage.skipped]
     if skipped:
         lines += ["", "Skipped layers:", ""]
         lines += [f"- {stage}: `{item['layer']}`: {item['reason']}" for stage, item in skipped]
-    lines += ["", "## Checks", ""]
-    for record in ([reference] if reference else []) + report.targets:
-        label = "reference" if record is reference else record.target
+    return lines
+
+
+def _checks_lines(report: Report) -> list[str]:
+    """Every file's verdict and rules, its target's own lines (``report_check_lines`` hook) and what was skipped."""
+    lines = ["", "## Checks", ""]
+    for label, record in _labelled(report):
         status = "pass" if record.compatibility.get("ok") else "FAIL"
         checked = record.compatibility.get("details", {}).get("checked")
         lines.append(f"- **{label}** ({record.quantization}): {status}" + (f", checked {checked}" if checked else ""))
         for rule in record.compatibility.get("details", {}).get("rules", []):
             verdict = "FAILED" if not rule["ok"] else "WARNING" if rule.get("warning") else "ok"
             lines.append(f"  - {verdict} `{rule['rule']}`: {rule['detail']}")
-        plain_int8 = record.compatibility.get("details", {}).get("plain_int8_flash_bytes")
-        if plain_int8:
-            lines.append(f"  - flash {record.size_bytes:,} B, "
-                         f"{record.compatibility['details']['flash_ratio_to_plain_int8']:.3f}× the baseline's plain "
-                         f"int8 file ({plain_int8:,} B, converted in this run)")
-        lut = record.compatibility.get("details", {}).get("lut")
-        if lut:
-            if lut.get("outputs_identical"):
-                plain = (f", {lut['ratio_to_plain_int8']:.3f}× the baseline's plain int8 file"
-                         if "ratio_to_plain_int8" in lut else "")
-                lines.append(f"  - LUT compression (TFLM): {lut['flash_bytes_before']:,} → {lut['flash_bytes_after']:,} B "
-                             f"({lut['ratio']:.3f}×{plain}), TFLM outputs identical, arena {lut['arena_bytes']:,} B; "
-                             "C sources hold the compressed model")
-            else:
-                lines.append(f"  - LUT compression not used: {lut.get('note', 'TFLM outputs differed')}")
+        target_lines = targets.hook(record.target, "report_check_lines")
+        if target_lines is not None:
+            lines += target_lines(record)
         for item in record.skipped:
             lines.append(f"  - skipped {item['layer']}: {item['reason']}")
-    lines += ["", "## Benchmarks", "", "Latencies in ms per invoke; init is loading the model and allocating tensors, "
-                                         "first the first invoke. *outputs*: the device's outputs on test samples "
-                                         "against this machine's run of the same file.", "",
-              "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS "
-              "| outputs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for record in ([reference] if reference else []) + report.targets:
-        label = "reference" if record is reference else record.target
+    return lines
+
+
+def _benchmarks_lines(report: Report) -> list[str]:
+    """The benchmarks table: one row per file, device and thread count."""
+    lines = ["", "## Benchmarks", "", "Latencies in ms per invoke; init is loading the model and allocating tensors, "
+                                      "first the first invoke. *outputs*: the device's outputs on test samples "
+                                      "against this machine's run of the same file.", "",
+             "| variant | device | threads | runs | delegate | mean | p50 | p90 | p99 | init | first | peak RSS "
+             "| outputs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, record in _labelled(report):
         for bench in record.benchmarks:
             latency = bench["latency_ms"]
             lines.append(
@@ -223,9 +244,22 @@ def render(report: Report) -> str:
                 f"{_figure(bench.get('init_ms'), '.2f')} | {_figure(bench.get('first_ms'), '.3f')} | "
                 f"{_figure(bench.get('peak_rss_mb'), '.0f', ' MB')} | {_outputs_cell(bench.get('output_check'))} |"
             )
-    lines += _accuracy_steps_lines(report)
-    lines += _guard_lines(report)
-    lines += _micro_lines(report)
+    return lines
+
+
+def _target_sections(report: Report) -> list[str]:
+    """Each target's own section (``report_section`` hook), given its records, in the order targets first appear."""
+    lines = []
+    for name in dict.fromkeys(record.target for record in report.targets):
+        section = targets.hook(name, "report_section")
+        if section is not None:
+            lines += section([record for record in report.targets if record.target == name])
+    return lines
+
+
+def _quantized_io_lines(report: Report) -> list[str]:
+    """How to feed and read the files whose inputs are quantized: each tensor's scale and zero point."""
+    lines = []
     io_notes = [(r.target, r.io) for r in report.targets if any(d["dtype"] != "float32" for d in r.io.get("inputs", []))]
     if io_notes:
         lines += ["", "## Quantized inputs and outputs", "",
@@ -236,7 +270,7 @@ def render(report: Report) -> str:
                     name = f"`{d['name']}`" if d["name"] else f"{position} (names stripped)"
                     lines.append(f"- {target} {kind[:-1]} {name} {d['dtype']} {d['shape']}: "
                                  f"scale {d['scale']:.8g}, zero_point {d['zero_point']}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _outputs_cell(check: dict | None) -> str:
@@ -268,40 +302,6 @@ def _accuracy_steps_lines(report: Report) -> list[str]:
         cells = [f"{item['delta_points']:+.2f} pt" for item in steps.get("stages", [])]
         cells += [f"{steps[key]:+.2f} pt" if key in steps else "–" for key in ("conversion_points", "total_points")]
         lines.append(f"| {record.target} {record.quantization} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _micro_lines(report: Report) -> list[str]:
-    """Flash and RAM of each micro file: from a Cortex-M4 build where one ran, else estimated; what each build did."""
-    rows = [record for record in report.targets if record.target == "micro"
-            and record.compatibility.get("details", {}).get("arena_bytes")]
-    if not rows:
-        return []
-    lines = ["", "## Microcontroller", "",
-             "Flash = model + TFLM runtime and kernels; RAM = tensor arena + the program's static data. "
-             "*measured*: linked for a Cortex-M4 (arm-none-eabi-gcc -Os, newlib) and run under QEMU (mps2-an386), "
-             "which proves correctness and memory, not timing; *estimated*: the model's bytes plus a runtime "
-             "estimate, and the arena of the Python TFLM interpreter on this 64-bit host.", "",
-             "| variant | model | runtime + kernels | flash | arena | RAM | budget (flash / RAM) | figures | builds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for record in rows:
-        details = record.compatibility["details"]
-        builds = details.get("builds", {})
-        arm = builds.get("cortex_m4", {})
-        budget = details.get("budget_kb", {})
-        if "arena_used_bytes" in arm:
-            model, runtime = arm["model_bytes"], arm["runtime_bytes"]
-            arena = f"{arm['arena_used_bytes']:,} B (32-bit)"
-        else:
-            model, runtime = details["flash_bytes"], details.get("runtime_flash_estimate_bytes")
-            arena = f"{details['arena_bytes']:,} B (64-bit host)"
-        built = "; ".join(f"{target}: {build['samples']} samples byte-identical" if build.get("ok")
-                          else f"{target}: FAILED" for target, build in builds.items()) or "not built"
-        lines.append(
-            f"| {record.target} | {model:,} B | {'–' if runtime is None else f'{runtime:,} B'} | "
-            f"{'–' if runtime is None else f'{model + runtime:,} B'} | {arena} | {details.get('ram_bytes', 0):,} B | "
-            f"{budget.get('flash', '?')} KB / {budget.get('ram', '?')} KB | {details.get('figures', 'estimated')} | "
-            f"{built} |")
     return lines
 
 
@@ -373,77 +373,6 @@ def _guard_lines(report: Report) -> list[str]:
     return lines
 
 
-def plot(report: Report, folder: Path) -> list[Path]:
-    """Writes ``accuracy_vs_size.png`` and ``latency.png`` to ``folder``; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 - used as matplotlib.ticker
-
-    records = ([report.reference] if report.reference else []) + report.targets
-    labels = ["reference float32" if r is report.reference else f"{r.target} {r.quantization}" for r in records]
-    paths = []
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for record, label in zip(records, labels):
-        size_kb = record.size_bytes / 1024
-        accuracy = record.metrics.get("accuracy", math.nan)
-        axes.scatter(size_kb, accuracy, s=60)
-        p50 = _p50(record)
-        text = label + (f"\np50 {p50:.3f} ms" if p50 is not None else "")
-        axes.annotate(text, (size_kb, accuracy), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    axes.set_xscale("log")
-    axes.set_xlabel("file size (KB, log scale)")
-    axes.set_ylabel("accuracy (test split, measured from the .tflite)")
-    axes.set_title(f"{report.name}: accuracy vs size")
-    axes.grid(True, alpha=0.3)
-    axes.margins(x=0.3, y=0.15)
-    bottom, top = axes.get_ylim()
-    axes.set_ylim(bottom, min(top, 1.01))
-    axes.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    figure.tight_layout()
-    path = folder / "accuracy_vs_size.png"
-    _save(figure, path)
-    plt.close(figure)
-    paths.append(path)
-
-    for record in report.targets:
-        if record.accuracy_guard.get("layers"):
-            rows = record.accuracy_guard["layers"]
-            figure, axes = plt.subplots(figsize=(6.4, 0.8 + 0.35 * len(rows)))
-            axes.barh([row["tensor"][-40:] for row in rows][::-1], [row["rmse_per_scale"] for row in rows][::-1])
-            axes.set_xlabel("RMSE / scale of the layer output (quantization steps)")
-            axes.set_title(f"{report.name}: {record.target} int8 error per layer")
-            axes.tick_params(axis="y", labelsize=7)
-            figure.tight_layout()
-            path = folder / f"quantization_error_{record.target}.png"
-            _save(figure, path)
-            plt.close(figure)
-            paths.append(path)
-
-    benchmarked = [(r, label) for r, label in zip(records, labels) if r.benchmarks]
-    if benchmarked:
-        figure, axes = plt.subplots(figsize=(6.4, 0.6 + 0.7 * len(benchmarked) * max(len(r.benchmarks) for r, _ in benchmarked)))
-        names, samples = [], []
-        for record, label in benchmarked:
-            for bench in record.benchmarks:
-                names.append(f"{label}\n{bench['device']}, {bench['threads']} thr")
-                samples.append(bench.get("latency_samples_ms") or [typical_latency(bench["latency_ms"])])
-        axes.boxplot(samples, vert=False, showfliers=False)
-        axes.set_yticks(range(1, len(names) + 1), names, fontsize=8)
-        axes.set_xlabel("latency per inference (ms)")
-        axes.set_title(f"{report.name}: latency distribution")
-        axes.grid(True, axis="x", alpha=0.3)
-        figure.tight_layout()
-        path = folder / "latency.png"
-        _save(figure, path)
-        plt.close(figure)
-        paths.append(path)
-    return paths
-
-
 def _distillation_lines(stages: list[StageRecord]) -> list[str]:
     """Teacher, student alone and distilled student, when a distill stage ran (Keras accuracy)."""
     lines = []
@@ -493,10 +422,3 @@ def _error_change(reduction: float | None) -> str:
 
 def _teacher_label(teacher: dict) -> str:
     return f"teacher (ensemble of {len(teacher['members'])})" if teacher.get("members") else "teacher"
-
-
-def _save(figure, path: Path) -> None:
-    """Renders a PNG in memory and writes it atomically (no half-written picture on a full disk)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, dpi=120, format="png")
-    files.write_bytes(path, buffer.getvalue())

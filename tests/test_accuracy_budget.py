@@ -96,7 +96,7 @@ def test_a_step_over_budget_against_its_input_fails_only_when_the_file_is_over_b
     """The budget is in points of the float32 reference: giving back what earlier stages gained fails nothing."""
     import sys
 
-    from edgecomp import config, data, pipeline, runtime, training   # first: it chooses tf_keras
+    from edgecomp import config, data, pipeline_guard, runtime, training   # first: it chooses tf_keras
     from edgecomp.config import stage_params
     from edgecomp.report import StageRecord, TargetRecord
     from edgecomp.targets import convert
@@ -120,8 +120,8 @@ def test_a_step_over_budget_against_its_input_fails_only_when_the_file_is_over_b
                                                                                 dataset.y_test)}, 0.0)]
         reference = TargetRecord("reference", "float32", "reference/model.tflite", 0, 0,
                                  {"accuracy": reference_accuracy}, {"ok": True})
-        pipeline._guard(cfg, record, stage_params(cfg.targets[0]), model, dataset, calibration, tmp_path, before,
-                        None, reference=reference)
+        pipeline_guard.judge_and_repair(cfg, record, stage_params(cfg.targets[0]), model, dataset, calibration,
+                                        tmp_path, before, None, reference=reference)
         rule = next(r for r in record.compatibility["details"]["rules"] if r["rule"] == "accuracy_budget")
         assert record.accuracy_guard["drop_points"] > 50   # the step itself is far over budget both times
         verdicts[reference_accuracy] = (record.accuracy_guard["within_budget"], rule["ok"], rule["detail"])

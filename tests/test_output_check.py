@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgecomp import pipeline
+from edgecomp import pipeline_benchmark
 from edgecomp.devices import LocalDevice, output_check
 from edgecomp.report import TargetRecord
 
@@ -57,7 +57,7 @@ def test_a_device_that_computes_something_else_fails_the_target_with_the_figures
     record = TargetRecord("cpu", "int8", "cpu/model.tflite", 10, 5, {"accuracy": 0.9},
                           {"ok": True, "details": {"rules": []}})
     check = output_check.compare(outputs([[1, 40, 3], [4, 5, 6]]), outputs([[1, 2, 3], [4, 5, 6]]))
-    pipeline._output_rule(record, "ssh://pi@raspberrypi", 1, check)
+    pipeline_benchmark.output_rule(record, "ssh://pi@raspberrypi", 1, check)
     [rule] = record.compatibility["details"]["rules"]
     assert rule["rule"] == "outputs_on_ssh" and not rule["ok"] and not record.compatibility["ok"]
     assert "1 of 6 values differ, up to 38 step(s)" in rule["detail"] and "ssh://pi@raspberrypi" in rule["detail"]

@@ -184,40 +184,67 @@ def repair(model, calibration: np.ndarray, x_train: np.ndarray, validation: tupl
     done = steps[0]["drop_points"] <= budget_points and not plain_failed
     if done:
         result["rung"] = first_rung
-    more = x_train[:MAX_CALIBRATION]
-    if not done and len(more) > len(calibration):
-        candidate = convert(model, "int8", "float32", more)
-        step = _step("calibration", f"{len(more)} calibration samples", candidate, validation, float_accuracy)
-        steps.append(step)
-        if consider(step, candidate, more, []):
-            done, result["rung"] = True, "calibration"
+    if not done and _calibration_rung(model, calibration, x_train, validation, float_accuracy, steps, consider):
+        done, result["rung"] = True, "calibration"
     if not done and fallback == "float":
-        samples = chosen["calibration"]
-        ranking = layer_errors(model, samples)
-        result["layers"] = ranking[:TOP_LAYERS]
-        candidates = [row["tensor"] for row in ranking[:CANDIDATES]] if len(ranking) > 1 else []
-        singles = []   # (validation accuracy, tensor, file with that one layer float)
-        for tensor in candidates:
-            single = with_float_layers(model, samples, [tensor])
-            singles.append((_validation_accuracy(single, validation), tensor, single))
-        singles.sort(key=lambda item: -item[0])
-        order = [tensor for _, tensor, _ in singles]
-        for count in range(1, min(len(order), len(ranking) - 1) + 1):   # never all: that is the float32 file
-            kept = order[:count]
-            # The best single layer's file was built and measured while ranking.
-            measured, candidate = (singles[0][0], singles[0][2]) if count == 1 else \
-                (None, with_float_layers(model, samples, kept))
-            step = _step("float_fallback", f"{count} layer(s) float: {', '.join(kept)}", candidate, validation,
-                         float_accuracy, measured)
-            steps.append(step)
-            if consider(step, candidate, samples, kept):
-                done, result["rung"] = True, "float_fallback"
-                break
-            if step["size_bytes"] > size_cap:
-                break   # more float layers only make it larger
+        result["layers"], met = _float_fallback_rung(model, chosen["calibration"], validation, float_accuracy, steps,
+                                                     consider, size_cap)
+        if met:
+            result["rung"] = "float_fallback"
     result.update(content=chosen["content"], float_layers=chosen["float_layers"],
                   calibration=chosen["calibration"], calibration_samples=int(len(chosen["calibration"])))
     return result
+
+
+def _calibration_rung(model, calibration: np.ndarray, x_train: np.ndarray, validation: tuple,
+                      float_accuracy: float, steps: list[dict], consider) -> bool:
+    """Rung ``calibration``: the file calibrated on up to ``MAX_CALIBRATION`` training samples.
+
+    Skipped when the training split has no more samples than ``calibration``. The step is
+    appended to ``steps``; ``consider(step, content, samples, float_layers)`` says whether
+    the file was adopted and met the budget, which is what this returns.
+    """
+    more = x_train[:MAX_CALIBRATION]
+    if len(more) <= len(calibration):
+        return False
+    candidate = convert(model, "int8", "float32", more)
+    step = _step("calibration", f"{len(more)} calibration samples", candidate, validation, float_accuracy)
+    steps.append(step)
+    return consider(step, candidate, more, [])
+
+
+def _float_fallback_rung(model, samples: np.ndarray, validation: tuple, float_accuracy: float, steps: list[dict],
+                         consider, size_cap: float) -> tuple[list[dict], bool]:
+    """Rung ``float_fallback``: the worst layers kept float, added in order of measured gain.
+
+    Each of the ``CANDIDATES`` worst layers by RMSE / scale is measured alone, then files
+    with the best 1, 2, ... of them float are tried (never all layers, and no more once
+    one is over ``size_cap`` bytes) until ``consider`` adopts one within budget.
+
+    Returns:
+        ``(the TOP_LAYERS worst layers of the ranking, whether a file met the budget)``.
+    """
+    ranking = layer_errors(model, samples)
+    candidates = [row["tensor"] for row in ranking[:CANDIDATES]] if len(ranking) > 1 else []
+    singles = []   # (validation accuracy, tensor, file with that one layer float)
+    for tensor in candidates:
+        single = with_float_layers(model, samples, [tensor])
+        singles.append((_validation_accuracy(single, validation), tensor, single))
+    singles.sort(key=lambda item: -item[0])
+    order = [tensor for _, tensor, _ in singles]
+    for count in range(1, min(len(order), len(ranking) - 1) + 1):   # never all: that is the float32 file
+        kept = order[:count]
+        # The best single layer's file was built and measured while ranking.
+        measured, candidate = (singles[0][0], singles[0][2]) if count == 1 else \
+            (None, with_float_layers(model, samples, kept))
+        step = _step("float_fallback", f"{count} layer(s) float: {', '.join(kept)}", candidate, validation,
+                     float_accuracy, measured)
+        steps.append(step)
+        if consider(step, candidate, samples, kept):
+            return ranking[:TOP_LAYERS], True
+        if step["size_bytes"] > size_cap:
+            break   # more float layers only make it larger
+    return ranking[:TOP_LAYERS], False
 
 
 def latency_ms(content: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) -> float:

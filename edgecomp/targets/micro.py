@@ -17,6 +17,11 @@ and signatures TFLM never reads (the target's ``strip_strings``, on by default);
 ``model_data.cc``/``.h`` (``alignas(16)`` array and its length) and
 ``op_resolver.h`` with a ``MicroMutableOpResolver`` that registers exactly the
 ops the model uses.
+
+Besides ``judge``, ``convert`` and ``finish`` (``micro_outputs``), the target's hooks
+(see ``edgecomp.targets``) are ``require`` (TFLM installed) and, delegating to
+``micro_report``, ``measure_baseline``/``compare_with_baseline`` (flash against the
+baseline's plain int8 file), ``report_check_lines`` and ``report_section``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def require_tflm(where: str = "target micro") -> None:
     if importlib.util.find_spec("tflite_micro") is None:
         raise ConfigError(f"{where}: the micro target runs every file in TFLM's Python interpreter, which is not "
                           f"installed: {INSTALL_HINT}")
+
+
+require = require_tflm   # the target hook the run calls for each micro target before it trains anything
 
 
 class _Worker:
@@ -176,6 +184,34 @@ def finish(record, content: bytes, params: MicroTargetConfig, folder: Path, data
     from edgecomp.targets import micro_outputs
 
     micro_outputs.finish(record, content, params, folder, dataset, expect)
+
+
+def measure_baseline(baseline, params: MicroTargetConfig, calibration: np.ndarray) -> int | None:
+    """The bytes of the baseline's plain int8 file, this target's strings stripped (``micro_report``)."""
+    from edgecomp.targets import micro_report
+
+    return micro_report.plain_int8_flash(baseline, params, calibration)
+
+
+def compare_with_baseline(record, plain_int8: int) -> None:
+    """Adds the file's flash against the baseline's plain int8 file to ``record`` (``micro_report``)."""
+    from edgecomp.targets import micro_report
+
+    micro_report.compare_with_plain_int8(record, plain_int8)
+
+
+def report_check_lines(record) -> list[str]:
+    """The file's flash and LUT compression lines under the report's checks (``micro_report``)."""
+    from edgecomp.targets import micro_report
+
+    return micro_report.check_lines(record)
+
+
+def report_section(records) -> list[str]:
+    """The report's Microcontroller section for the micro files ``records`` (``micro_report``)."""
+    from edgecomp.targets import micro_report
+
+    return micro_report.section_lines(records)
 
 
 def verify(content: bytes, params: MicroTargetConfig, x_test: np.ndarray, y_test: np.ndarray) -> tuple[dict, dict]:
