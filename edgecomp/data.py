@@ -64,6 +64,12 @@ class Dataset:
     augment: object = None
 
     @property
+    def labels(self) -> list[str]:
+        """One label per output index: the class names (image folders), else the index itself."""
+        names = list(self.class_names)
+        return names if len(names) == self.num_classes else [str(index) for index in range(self.num_classes)]
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, without the batch dimension."""
         return tuple(int(d) for d in self.x_train.shape[1:])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import edgecomp
 from edgecomp import config as config_module
-from edgecomp import augment, data, distribute, files, models, runtime, stages, targets
+from edgecomp import augment, data, distribute, files, models, runtime, stages, targets, tflite_metadata
 from edgecomp import pipeline_baseline, pipeline_benchmark, pipeline_guard
 from edgecomp import report as report_module
 from edgecomp import report_plots
@@ -297,8 +297,9 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
     except ModelError as error:
         log.error("%s: %s", target, error)
         return TargetRecord(target, quantization, "", 0, 0, {}, {"ok": False, "details": {"error": str(error)}})
+    content = tflite_metadata.for_file(cfg, target, quantization, model, dataset, content)
     path = files.write_bytes(run_dir / relative, content)
-    files.write_text(path.parent / "labels.txt", "".join(f"{name}\n" for name in class_labels(dataset)))
+    files.write_text(path.parent / "labels.txt", "".join(f"{name}\n" for name in dataset.labels))
     record = TargetRecord(
         target=target, quantization=quantization, path=relative, size_bytes=path.stat().st_size,
         gzip_bytes=len(gzip.compress(content, compresslevel=9, mtime=0)), metrics={},
@@ -322,12 +323,6 @@ def _variant(cfg, target, model, params, dataset, calibration, run_dir, expect=N
         samples = dataset.x_test[:pipeline_benchmark.CHECKED_SAMPLES]
         record.benchmarks = pipeline_benchmark.benchmark(cfg, path, samples, record)
     return record
-
-
-def class_labels(dataset) -> list[str]:
-    """One label per output index: the data's class names (image folders), else the index itself."""
-    names = list(dataset.class_names)
-    return names if len(names) == dataset.num_classes else [str(index) for index in range(dataset.num_classes)]
 
 
 def failed_rules(record: TargetRecord) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 
-from edgecomp import files, runtime, training
+from edgecomp import files, runtime, tflite_metadata, training
 from edgecomp.pipeline_benchmark import CHECKED_SAMPLES, benchmark
 from edgecomp.report import Report, TargetRecord
 from edgecomp.targets import cpu
@@ -112,7 +112,7 @@ def _repair(cfg, record, params, model, dataset, calibration, run_dir, expect, g
     guard.update(steps=result["steps"], layers=result["layers"], float_layers=result["float_layers"],
                  rung=result["rung"], calibration_samples=result["calibration_samples"])
     if result["content"] != original:
-        _replace_file(cfg, record, params, result["content"], dataset, run_dir, expect,
+        _replace_file(cfg, record, params, model, result["content"], dataset, run_dir, expect,
                       len(result["float_layers"]))
     guard["drop_points"] = (float_test - record.metrics["accuracy"]) * 100
     if guard["drop_points"] > budget:
@@ -121,8 +121,9 @@ def _repair(cfg, record, params, model, dataset, calibration, run_dir, expect, g
             {"validation": float_val, "test": float_test}, result["content"], budget)
 
 
-def _replace_file(cfg, record, params, content, dataset, run_dir, expect, float_layers: int) -> None:
+def _replace_file(cfg, record, params, model, content, dataset, run_dir, expect, float_layers: int) -> None:
     """Writes the repaired file over the target's and measures, verifies and benchmarks it again."""
+    content = tflite_metadata.for_file(cfg, record.target, params.quantization, model, dataset, content)
     path = files.write_bytes(run_dir / record.path, content)
     record.size_bytes = path.stat().st_size
     record.gzip_bytes = len(gzip.compress(content, compresslevel=9, mtime=0))

@@ -75,6 +75,17 @@ class Description:
     output_description: str = ""
 
 
+def for_file(cfg, target: str, quantization: str, model, dataset, content: bytes) -> bytes:
+    """A run's file with its metadata (``cfg.metadata``), or as it is when ``metadata.write`` is false or the
+    target keeps bare files (a module with ``METADATA = False``: micro, whose flash the bytes would cost)."""
+    from edgecomp import models, targets
+
+    if not cfg.metadata.write or not getattr(targets.module(target), "METADATA", True):
+        return content
+    kind = "probabilities" if models.head_activation(model) == "softmax" else "logits"
+    return attach(content, for_run(cfg.metadata, cfg.name, dataset, dataset.labels, kind, target, quantization))
+
+
 def for_run(settings, name: str, dataset, labels: list[str], output_kind: str, target: str,
             quantization: str) -> Description:
     """The description of a run's file: ``settings`` is the config's ``metadata`` section.

@@ -97,9 +97,7 @@ def test_image_dir_resizes_and_labels_by_folder(tmp_path):
     assert len(ds.x_train) == 6 and len(ds.x_test) == 6
     # dog images are brighter: the label follows the folder
     assert ds.x_test[ds.y_test == 1].mean() > ds.x_test[ds.y_test == 0].mean()
-    from edgecomp import pipeline
-
-    assert pipeline.class_labels(ds) == ["cat", "dog"]   # what labels.txt beside every file says
+    assert ds.labels == ["cat", "dog"]   # what labels.txt beside every file says
 
 
 def test_image_dir_with_a_broken_image_names_the_file(tmp_path):

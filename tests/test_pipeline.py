@@ -40,6 +40,18 @@ def test_run_writes_the_documented_layout(tiny_run):
         assert (run_dir / folder / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
 
 
+def test_files_carry_labels_and_normalization_as_tflite_metadata_but_micro_stays_bare(tiny_run):
+    from edgecomp import tflite_metadata
+
+    cfg, _ = tiny_run
+    for folder in ("reference", "cpu", "edgetpu"):
+        found = tflite_metadata.read((cfg.run_dir / folder / "model.tflite").read_bytes())
+        assert found["labels"] == [str(i) for i in range(10)], folder
+        assert found["input"] == {"name": "image", "image": "grayscale", "mean": [0.0], "std": [16.0]}
+        assert found["name"] == "tiny" and f"for the {folder} target" in found["description"]
+    assert tflite_metadata.read((cfg.run_dir / "micro" / "model.tflite").read_bytes()) is None
+
+
 def test_report_json_has_the_contract_keys(tiny_run):
     cfg, _ = tiny_run
     saved = json.loads((cfg.run_dir / "report.json").read_text())
@@ -132,6 +144,12 @@ def test_same_config_and_seed_give_the_same_metrics_and_files(tmp_path):
     assert [t.metrics for t in first.targets] == [t.metrics for t in second.targets]
     for relative in ("reference/model.tflite", "cpu/model.tflite"):
         assert (tmp_path / "a/twice" / relative).read_bytes() == (tmp_path / "b/twice" / relative).read_bytes()
+    from edgecomp import tflite_metadata   # metadata off: the converter's bytes, measured the same
+
+    bare = pipeline.run(config.from_dict({**raw, "output_dir": str(tmp_path / "c"), "metadata": {"write": False}}))
+    assert [t.metrics for t in bare.targets] == [t.metrics for t in first.targets]
+    assert tflite_metadata.read((tmp_path / "c/twice/cpu/model.tflite").read_bytes()) is None
+    assert bare.targets[0].size_bytes < first.targets[0].size_bytes
 
 
 def test_edgetpu_target_maps_fully_and_says_the_compiler_was_not_run(tiny_run):
@@ -175,8 +193,9 @@ def test_the_device_example_classifies_image_files_as_the_run_measured(tiny_run,
         Image.fromarray(image).save(paths[-1])
         pixels.append(image.astype(np.float32)[..., None] / 255)
     folder = cfg.run_dir / target
+    labels = ["--labels", str(folder / "labels.txt")] if target == "micro" else []   # cpu: those packed in the file
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "raspberry_pi" / "classify.py"), "--model",
-                           str(folder / "model.tflite"), "--labels", str(folder / "labels.txt"), "--top", "1",
+                           str(folder / "model.tflite"), *labels, "--top", "1",
                            *paths], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     printed = [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()]

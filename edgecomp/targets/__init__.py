@@ -35,6 +35,9 @@ and the report call each for every target whose module has it):
 - ``report_section(records) -> list[str]``: the target's own Markdown section,
   given its records in the report, or no lines (micro: flash and RAM).
 
+And a constant: ``METADATA = False`` keeps the target's files free of TFLite metadata
+(micro: TFLM never reads it); every other file carries it (``edgecomp.tflite_metadata``).
+
 Example:
     >>> from edgecomp import targets
     >>> targets.module("reference").__name__          # the float32 reference is judged as a cpu file

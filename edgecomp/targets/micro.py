@@ -158,6 +158,7 @@ def predict(content: bytes, x: np.ndarray, arena_size: int, raw: bool = False) -
 
 
 BENCHMARKED = False   # host timings do not predict a microcontroller
+METADATA = False      # no TFLite metadata in the file: TFLM never reads it and flash pays for every byte
 
 
 def convert(model, params: MicroTargetConfig, calibration: np.ndarray | None) -> tuple[bytes, dict]:

@@ -2,7 +2,8 @@
 
 Needs only numpy, Pillow and a TFLite interpreter: ``pip install ai-edge-litert numpy pillow``
 (``tflite-runtime`` works too). Copy the target folder (``model.tflite`` and ``labels.txt``)
-and this file to the device.
+and this file to the device. Without ``--labels`` the labels packed in the file's
+metadata are used (every edgecomp file but micro's carries them).
 
 Inputs are made as the run made its training data: each image is converted to the
 model's channels (gray or RGB), resized to its input size and divided by ``--divide``
@@ -57,6 +58,17 @@ def classify(interpreter, x: np.ndarray) -> np.ndarray:
     return y
 
 
+def packed_labels(model_path: str) -> list[str] | None:
+    """The labels.txt packed in the file's TFLite metadata (a zip appended to the model), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(model_path) as packed:
+            return packed.read("labels.txt").decode().splitlines()
+    except (zipfile.BadZipFile, KeyError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with an edgecomp .tflite.")
     parser.add_argument("--model", required=True, help="the .tflite file")
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     interpreter = Interpreter(model_path=args.model, num_threads=args.threads)
     interpreter.allocate_tensors()
     _, height, width, channels = interpreter.get_input_details()[0]["shape"]
-    labels = open(args.labels).read().splitlines() if args.labels else None
+    labels = open(args.labels).read().splitlines() if args.labels else packed_labels(args.model)
     for path in args.images:
         probabilities = classify(interpreter, load_image(path, height, width, channels, args.divide))
         best = np.argsort(-probabilities)[: args.top]
