@@ -133,11 +133,9 @@ def compress(model, stages: Sequence[dict], data: Dataset, *, seed: int = 0, bat
     Raises:
         ConfigError: a stage or key that does not exist, or values out of range.
     """
-    import time
-
-    from edgecomp import models, training
+    from edgecomp import training
     from edgecomp import stages as stages_module
-    from edgecomp._keras import ensure_tf_keras_model, keras
+    from edgecomp._keras import ensure_tf_keras_model
 
     if not isinstance(stages, (list, tuple)):
         raise ConfigError(f"compress(stages=...): expected a list of maps such as [{{'prune': {{}}}}]; got "
@@ -153,16 +151,11 @@ def compress(model, stages: Sequence[dict], data: Dataset, *, seed: int = 0, bat
         for index, item in enumerate(cfg.stages, start=1):
             kind, params = config_module.stage_kind(item), config_module.stage_params(item)
             context = stages_module.StageContext(cfg, data, root / f"{index:02d}_{kind}", tuple(previous))
-            keras.utils.set_random_seed(seed + index)
-            started = time.time()
-            # Every stage gets a copy: tfmot wraps layer objects in place, and the caller keeps ``model``.
-            current, record = stages_module.apply(kind, models.copy(current), params, context)
-            record.seconds = time.time() - started
+            # Every stage gets a copy (stages.run): tfmot wraps layer objects in place, and the caller keeps ``model``.
+            current, record = stages_module.run(kind, current, params, context, seed=seed + index)
             records.append(record)
-            if record.details.get("fallback"):
-                continue
-            filters = kind == "prune" and params.structure == "filters"
-            previous.append("prune_filters" if filters else kind)
+            if not record.details.get("fallback"):
+                previous.append(stages_module.facts(kind, params).recorded_as)
     if current is not model and not getattr(current, "optimizer", None):
         training.compile_model(current, 0.001)   # ready for evaluate() like the model the caller gave
     return current, records

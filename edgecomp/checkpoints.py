@@ -34,10 +34,6 @@ FOLDER = "checkpoints"   # under the run folder
 # (the .keras format loses the wrappers' variables: "expected 5 variables, received 3").
 CHECKPOINT_FILE = "model.h5"
 RECORD_FILE = "record.json"   # the stage's record and the fingerprint that says whether it is still valid
-# tfmot's cluster/prune-preserving QAT wrappers do not reload from any format (their
-# quantizers are rebuilt with the default scheme: "Layer expects 4 weight(s),
-# received 7"); QAT is always the last stage, so --resume re-runs it from the stage before.
-UNCHECKPOINTED_STAGES = ("quantize",)
 
 
 def folder(run_dir: Path) -> Path:

@@ -27,7 +27,7 @@ from edgecomp import report as report_module
 from edgecomp import report_plots
 from edgecomp._keras import keras, tf
 from edgecomp import checkpoints as checkpoint_layout
-from edgecomp.checkpoints import UNCHECKPOINTED_STAGES, Checkpoints
+from edgecomp.checkpoints import Checkpoints
 from edgecomp.config import Config, stage_kind, stage_params
 from edgecomp.errors import EdgecompError, ModelError
 from edgecomp.pipeline_baseline import check_learned  # noqa: F401 - pipeline.check_learned, as before
@@ -152,32 +152,30 @@ def _run_stages(cfg: Config, model, dataset: data.Dataset, run_dir: Path, checkp
     previous: list[str] = []
     before_qat = None   # the float model QAT started from: the QAT file is judged against it
     for index, item in enumerate(cfg.stages, start=1):
-        kind = stage_kind(item)
-        loaded, record = checkpoints.load(index, kind)
+        kind, params = stage_kind(item), stage_params(item)
+        facts = stages.facts(kind, params)
+        loaded, record = checkpoints.load(index, kind) if facts.checkpointed else (None, None)
         if loaded is None:
             log.info("stage %d/%d: %s", index, len(cfg.stages), kind)
             context = stages.StageContext(cfg, dataset, run_dir / "logs" / f"{index:02d}_{kind}", tuple(previous))
             started_stage = time.time()
-            # Seeded per stage, so a resumed run trains each stage as an uninterrupted one does.
-            keras.utils.set_random_seed(cfg.seed + index)
             before = model
+            # Seeded per stage, so a resumed run trains each stage as an uninterrupted one does.
             with distribute.scope():   # models are copied, wrapped and compiled in the strategy's scope
-                model, record = stages.apply(kind, models.copy(model), stage_params(item), context)
+                model, record = stages.run(kind, model, params, context, seed=cfg.seed + index)
             if not record.details.get("fallback"):
-                model = _outside_strategy(model, kind, before, tuple(previous), stage_params(item))
+                model = _outside_strategy(model, kind, before, tuple(previous), params)
             record.seconds = time.time() - started_stage
-            if kind not in UNCHECKPOINTED_STAGES:
+            if facts.checkpointed:
                 checkpoints.save(index, kind, model, record)
-            if kind == "quantize":   # never checkpointed: QAT always runs here, from ``before``
+            else:   # QAT: it runs here every time, from ``before``, against which its file is judged
                 before_qat = before
         else:
             model = loaded
         report.stages.append(record)
         if record.details.get("fallback"):
             continue   # e.g. QAT tfmot could not wrap: the model is the float one, quantized after training
-        # Filter pruning removes channels and leaves no zeros for a later stage to preserve.
-        zeroes_weights = kind != "prune" or stage_params(item).structure != "filters"
-        previous.append(kind if zeroes_weights else "prune_filters")
+        previous.append(facts.recorded_as)
     return model, previous, before_qat
 
 

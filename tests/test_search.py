@@ -32,7 +32,9 @@ def search_file(out, **changes) -> dict:
                  "model": {"zoo": "digits_cnn", "args": {"width": 0.5}},
                  "train": {"epochs": 3, "learning_rate": 0.003},
                  "targets": [{"cpu": {"quantization": "int8"}}],
-                 "benchmark": {"devices": ["local"], "runs": 5, "warmup": 1, "threads": [1]}},
+                 "benchmark": {"devices": ["local"], "runs": 5, "warmup": 1, "threads": [1]},
+                 # bare files: the metadata names the run, and best.yaml's run is named apart from its trial
+                 "metadata": {"write": False}},
         "techniques": {"filters": {"epochs": 1, "learning_rate": 0.001, "recovery_epochs": 0}},
         "recipes": ["ptq", "filters"],
         "search": {"constraints": {"max_size_kb": MAX_SIZE_KB, "min_accuracy": 0.5}, "objective": "smallest",

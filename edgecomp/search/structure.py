@@ -71,27 +71,25 @@ class StructureChecks:
 
     def _measure(self, candidate: Candidate) -> Measured:
         """Applies the structural stages without training, converts, and measures the file."""
-        from edgecomp import models, stages, targets
-        from edgecomp._keras import keras
+        from edgecomp import stages, targets, tflite_metadata
         from edgecomp.config import stage_kind, stage_params
         from edgecomp.devices import open_configured
         from edgecomp.targets import micro
 
         cfg = trial_config(self.search, candidate)
-        model = models.copy(self._baseline())
+        model = self._baseline()   # stages.run works on a copy
         with tempfile.TemporaryDirectory(prefix="edgecomp-structure-") as scratch:
             for index, item in enumerate(cfg.stages, start=1):
                 kind, params = stage_kind(item), stage_params(item)
-                structural = kind == "low_rank" or (kind == "prune" and params.structure == "filters")
-                if not structural:
+                facts = stages.facts(kind, params)
+                if not facts.structural:
                     continue
-                epochs_key = "finetune_epochs" if kind == "low_rank" else "epochs"
-                no_training = params.model_copy(update={epochs_key: 0, "recovery_epochs": 0})
-                keras.utils.set_random_seed(cfg.seed + index)
                 context = stages.StageContext(cfg, self.dataset, Path(scratch) / f"{index:02d}_{kind}")
-                model, _ = stages.apply(kind, model, no_training, context)
+                model, _ = stages.run(kind, model, facts.untrained(params), context, seed=cfg.seed + index)
             target = next(stage_params(item) for item in cfg.targets if stage_kind(item) == self.search.target_kind)
             content, _ = targets.convert_for(self.search.target_kind, model, target, self.calibration)  # as the run does
+            content = tflite_metadata.for_file(cfg, self.search.target_kind, target.quantization, model, self.dataset,
+                                               content)
             measured = Measured(size_bytes=len(content))
             if self.search.search.constraints.max_arena_kb is not None:    # micro only (the schema checks)
                 measured.arena_bytes = micro.find_arena(content, self.dataset.x_test[0])

@@ -70,6 +70,13 @@ def wrap_model(model, params: ClusterConfig, preserve_sparsity: bool):
     return keras.models.clone_model(model, clone_function=wrap), clustered, skipped
 
 
+
+def facts(params: ClusterConfig):
+    """Clustering keeps the architecture and reloads from a checkpoint."""
+    from edgecomp.stages import Facts
+
+    return Facts(structural=False, checkpointed=True, recorded_as="cluster", training_keys=("epochs", "recovery_epochs"))
+
 def apply(model, params: ClusterConfig, context):
     """Returns ``(clustered model, StageRecord)``; ``model`` is consumed (pass a copy)."""
     preserve_sparsity = "prune" in context.previous

@@ -209,6 +209,13 @@ def fit(distiller: Distiller, context, *, epochs: int, learning_rate: float):
     return {name: [round(float(value), 6) for value in values] for name, values in history.history.items()}
 
 
+
+def facts(params: DistillConfig):
+    """Distillation trains a new student: not structural (its size is the student model's)."""
+    from edgecomp.stages import Facts
+
+    return Facts(structural=False, checkpointed=True, recorded_as="distill", training_keys=("teacher_epochs", "epochs"))
+
 def apply(model, params: DistillConfig, context):
     """Returns ``(distilled student, StageRecord)``."""
     dataset = context.dataset

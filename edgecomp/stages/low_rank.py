@@ -281,6 +281,13 @@ def _saved(step, current, shapes, weights, params) -> int:
     return before - factor_params(shapes[name], rank, params.mode)
 
 
+
+def facts(params: LowRankConfig):
+    """Low-rank rewriting is structural: the factorized layers are known before fine-tuning."""
+    from edgecomp.stages import Facts
+
+    return Facts(structural=True, checkpointed=True, recorded_as="low_rank", training_keys=("finetune_epochs", "recovery_epochs"))
+
 def apply(model, params: LowRankConfig, context):
     """Returns ``(factorized and fine-tuned model, StageRecord)``."""
     models.check_functional(model, "low_rank")

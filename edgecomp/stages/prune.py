@@ -98,6 +98,16 @@ def _unchanged(model, context, skipped: list[dict], why: str):
     return model, common.record("prune", model, context, skipped, details)
 
 
+
+def facts(params: PruneConfig):
+    """Filter pruning is structural (fewer filters, known before fine-tuning) and leaves no zeros for later
+    stages to preserve; unstructured and 2:4 pruning keep the architecture."""
+    from edgecomp.stages import Facts
+
+    filters = params.structure == "filters"
+    return Facts(structural=filters, checkpointed=True, recorded_as="prune_filters" if filters else "prune",
+                 training_keys=("epochs", "recovery_epochs"))
+
 def apply(model, params: PruneConfig, context):
     """Returns ``(pruned model, StageRecord)``; ``model`` is consumed (pass a copy).
 

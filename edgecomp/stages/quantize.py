@@ -348,6 +348,15 @@ def coverage(quantized, skipped: list[dict]) -> dict[str, dict]:
     return dict(sorted(table.items()))
 
 
+
+def facts(params: QuantizeConfig):
+    """QAT keeps the architecture and is not checkpointed: tfmot's cluster/prune-preserving QAT wrappers do not
+    reload from any format (their quantizers are rebuilt with the default scheme: "Layer expects 4 weight(s),
+    received 7"); QAT is always the last stage, so --resume runs it again from the stage before."""
+    from edgecomp.stages import Facts
+
+    return Facts(structural=False, checkpointed=False, recorded_as="quantize", training_keys=("epochs",))
+
 def apply(model, params: QuantizeConfig, context):
     """Returns ``(QAT model with quantize wrappers, StageRecord)``; ``model`` is consumed."""
     teacher = models.copy(model) if params.distill_from == "float" and params.epochs > 0 else None

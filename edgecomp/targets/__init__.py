@@ -3,8 +3,8 @@
 ``profiles.py`` is plain data with no TensorFlow import; ``convert.py`` turns a
 Keras model into ``.tflite`` bytes for a profile; one module per target proves that
 a file meets its target's rules: ``cpu.py`` (with ``accuracy_guard.py``), ``gpu.py``,
-``edgetpu.py``, ``micro.py`` (with ``micro_project.py``, ``micro_build.py`` and
-``micro_report.py``).
+``edgetpu.py``, ``micro.py`` (with ``micro_sources.py``, ``micro_project.py``,
+``micro_build.py`` and ``micro_report.py``).
 
 Each of those four modules is a target to the run and to ``edgecomp.verify``: it has
 ``judge(content, params, path, x_test, y_test, expect=None) -> (compatibility, metrics,
